@@ -1,0 +1,1 @@
+"""One module per ``cdc-aug`` subcommand; each defines ``register(subparsers, help)``."""

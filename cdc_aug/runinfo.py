@@ -1,0 +1,80 @@
+"""What every run writes next to its output: the exact config, and seeds derived from it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .errors import UserError
+
+CONFIG = "config.yaml"
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A 63-bit seed from a base seed and identifying parts (e.g. a sample key).
+
+    Depends only on its inputs, so a sample's randomness does not depend on which
+    process handled it or in which order.
+    """
+    text = "\x1f".join([str(int(seed))] + [str(p) for p in parts])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def environment() -> dict[str, Any]:
+    import numpy
+
+    env = {
+        "cdc_aug": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+    }
+    for mod in ("torch", "diffusers", "lightning", "trimesh"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            env[mod] = getattr(m, "__version__", "?")
+    return env
+
+
+def write_config(out_dir: str | os.PathLike, config: dict[str, Any], name: str = CONFIG) -> Path:
+    """Write ``config`` (plus the software environment) to ``out_dir/name``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    body = {"config": config, "environment": environment()}
+    tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(body, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def read_config(out_dir: str | os.PathLike, name: str = CONFIG) -> dict[str, Any] | None:
+    path = Path(out_dir) / name
+    if not path.exists():
+        return None
+    return (yaml.safe_load(path.read_text()) or {}).get("config")
+
+
+def check_resume(out_dir: str | os.PathLike, config: dict[str, Any], overwrite: bool, ignore: tuple[str, ...] = ()) -> None:
+    """Refuse to continue a run in ``out_dir`` that was started with other parameters.
+
+    ``ignore`` names keys that may differ between resumed runs (workers, batch size, ...).
+    """
+    old = read_config(out_dir)
+    if old is None or overwrite:
+        return
+    a = {k: v for k, v in old.items() if k not in ignore}
+    b = {k: v for k, v in config.items() if k not in ignore}
+    if a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise UserError(
+            f"{out_dir} holds a run with other parameters ({', '.join(diff)}); "
+            "choose another --out or pass --overwrite"
+        )

@@ -1,0 +1,76 @@
+"""``cdc-aug verify``: is a stage's output complete and intact?
+
+Checks every shard listed in index.json: present, byte count and sha256 as recorded,
+readable to the end, sample count as recorded, no key twice (within or across shards),
+and every field the stage promises present in every sample.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .samples import REQUIRED_FIELDS
+from .shards import iter_tar_samples, read_index, sha256_file
+
+
+@dataclass
+class VerifyReport:
+    root: Path
+    stage: str
+    shards: int = 0
+    samples: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(root: str | Path, stage: str | None = None, check_hash: bool = True) -> VerifyReport:
+    root = Path(root)
+    index = read_index(root)
+    stage = stage or index.get("stage", "render")
+    required = REQUIRED_FIELDS.get(stage, [])
+    report = VerifyReport(root=root, stage=stage)
+    seen: dict[str, str] = {}
+    listed = set()
+    for entry in index.get("shards", []):
+        name = entry["name"]
+        listed.add(name)
+        path = root / "shards" / name
+        report.shards += 1
+        if not path.exists():
+            report.problems.append(f"{name}: missing")
+            continue
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            report.problems.append(f"{name}: {size} bytes, index says {entry['bytes']}")
+            continue
+        if check_hash and sha256_file(path) != entry["sha256"]:
+            report.problems.append(f"{name}: sha256 differs from index.json")
+            continue
+        count = 0
+        try:
+            for sample in iter_tar_samples(path):
+                count += 1
+                key = sample["__key__"]
+                if key in seen:
+                    report.problems.append(f"{name}: key {key} also in {seen[key]}")
+                seen[key] = name
+                missing = [f for f in required if f not in sample]
+                if missing:
+                    report.problems.append(f"{name}: {key} lacks {', '.join(missing)}")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            report.problems.append(f"{name}: unreadable after {count} samples ({e})")
+            continue
+        if count != entry["count"]:
+            report.problems.append(f"{name}: {count} samples, index says {entry['count']}")
+        report.samples += count
+    if index.get("num_samples") is not None and report.samples != index["num_samples"] and report.ok:
+        report.problems.append(f"index.json: num_samples {index['num_samples']} but shards hold {report.samples}")
+    stray = sorted(p.name for p in (root / "shards").glob("*.tar") if p.name not in listed)
+    if stray:
+        report.problems.append(f"shards not in index.json: {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}")
+    return report
