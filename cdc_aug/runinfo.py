@@ -39,7 +39,7 @@ def environment() -> dict[str, Any]:
     for mod in ("torch", "diffusers", "lightning", "trimesh"):
         m = sys.modules.get(mod)
         if m is not None:
-            env[mod] = getattr(m, "__version__", "?")
+            env[mod] = str(getattr(m, "__version__", "?"))
     return env
 
 

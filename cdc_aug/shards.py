@@ -208,7 +208,17 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict[str, bytes]]:
                     yield current
                 current = {"__key__": key, "__shard__": str(path)}
             f = tar.extractfile(member)
-            current[fname] = f.read() if f is not None else b""
+            data = f.read() if f is not None else b""
+            if len(data) != member.size:
+                raise tarfile.ReadError(f"{member.name}: truncated ({len(data)} of {member.size} bytes)")
+            current[fname] = data
+        end = tar.offset
+    # tarfile stops quietly at a cut-off header; a complete shard ends in zero blocks.
+    with open(path, "rb") as f:
+        f.seek(end)
+        tail = f.read()
+    if len(tail) < 1024 or tail.count(0) != len(tail):
+        raise tarfile.ReadError(f"{Path(path).name}: truncated or damaged after byte {end}")
     if current is not None:
         yield current
 

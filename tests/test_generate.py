@@ -1,0 +1,174 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fake_renders import make_render_dir, write_backgrounds
+
+from cdc_aug.cli import main
+from cdc_aug.distributed import first_slurm_host
+from cdc_aug.samples import decode_sample
+from cdc_aug.shards import iter_tar_samples, read_index, shard_paths
+from cdc_aug.verify import verify
+
+
+@pytest.fixture(scope="module")
+def renders(tmp_path_factory):
+    return make_render_dir(tmp_path_factory.mktemp("renders"))
+
+
+@pytest.fixture(scope="module")
+def backgrounds(tmp_path_factory):
+    return write_backgrounds(tmp_path_factory.mktemp("bg"))
+
+
+def _images(out):
+    got = {}
+    for p in shard_paths(out):
+        for s in iter_tar_samples(p):
+            got[s["__key__"]] = s["image.png"]
+    return got
+
+
+def _cp(renders, backgrounds, out, *extra):
+    return main(["generate", "--mode", "copy-paste", "--backgrounds", str(backgrounds), "--in", str(renders),
+                 "--out", str(out), "--no-progress", *extra])
+
+
+def test_copy_paste_run(renders, backgrounds, tmp_path):
+    out = tmp_path / "cp"
+    assert _cp(renders, backgrounds, out) == 0
+    assert verify(out).ok
+    index = read_index(out)
+    splits = json.loads((renders / "splits.json").read_text())
+    assert index["num_samples"] == len(splits["train"]) * 2
+    assert (out / "config.yaml").exists() and (out / "splits.json").exists()
+    s = decode_sample(next(iter_tar_samples(shard_paths(out)[0])))
+    assert s["image.png"].shape == (32, 32, 3)
+    assert s["aug.json"]["mode"] == "copy-paste" and s["aug.json"]["key"] == s["__key__"]
+    # object pixels come from the render, background from a photo
+    src = {k: decode_sample(v) for k, v in ((x["__key__"], x) for x in iter_tar_samples(shard_paths(renders)[0]))}
+    rgba = src[s["__key__"]]["rgba.png"]
+    inside = rgba[..., 3] == 255
+    assert np.array_equal(s["image.png"][inside], rgba[inside][:, :3])
+    assert s["image.png"][~inside].std() > 10
+
+
+def test_same_seed_same_output_and_split_all(renders, backgrounds, tmp_path):
+    assert _cp(renders, backgrounds, tmp_path / "a") == 0
+    assert _cp(renders, backgrounds, tmp_path / "b") == 0
+    assert _images(tmp_path / "a") == _images(tmp_path / "b")
+    assert _cp(renders, backgrounds, tmp_path / "c", "--seed", "1") == 0
+    assert _images(tmp_path / "a") != _images(tmp_path / "c")
+    assert _cp(renders, backgrounds, tmp_path / "all", "--split", "all") == 0
+    assert read_index(tmp_path / "all")["num_samples"] == read_index(renders)["num_samples"]
+
+
+def test_interrupted_run_resumes_exactly_once(renders, backgrounds, tmp_path):
+    out = tmp_path / "cp"
+    assert _cp(renders, backgrounds, out) == 0
+    want = _images(out)
+    # What a kill leaves: shard 1 half-written (temp file, no sidecar), no index yet.
+    side = out / "shards" / "aug-000001.tar.json"
+    side.unlink()
+    (out / "shards" / ".aug-000002.tar.tmp-999").write_bytes(b"partial")
+    (out / "index.json").unlink()
+    assert _cp(renders, backgrounds, out) == 0
+    assert verify(out).ok
+    assert _images(out) == want
+    assert not list((out / "shards").glob(".*tmp*"))
+
+
+def test_refuses_other_parameters_unless_overwrite(renders, backgrounds, tmp_path, capsys):
+    out = tmp_path / "cp"
+    assert _cp(renders, backgrounds, out) == 0
+    assert _cp(renders, backgrounds, out, "--seed", "3") == 2
+    assert "other parameters (seed)" in capsys.readouterr().err
+    assert _cp(renders, backgrounds, out, "--seed", "3", "--overwrite") == 0
+    # batch size is how, not what: resuming with another one is allowed
+    assert _cp(renders, backgrounds, out, "--seed", "3", "--batch-size", "1") == 0
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--in", "{missing}"], "no such directory"),
+        (["--t-in", "1.5"], "must lie in [0, 1]"),
+        (["--t-in", "abc"], "not a number"),
+        (["--t-out", "-0.1"], "must lie in [0, 1]"),
+        (["--split", "nope"], "--split nope"),
+        (["--mode", "copy-paste"], "needs --backgrounds"),
+        (["--mode", "copy-paste", "--backgrounds", "{missing}"], "--backgrounds"),
+        (["--prompt", "a {thing}"], "--prompt"),
+    ],
+)
+def test_bad_input(renders, tmp_path, capsys, argv, message):
+    argv = [a.replace("{missing}", str(tmp_path / "missing")) for a in argv]
+    args = ["generate", "--out", str(tmp_path / "o"), "--no-progress"]
+    if "--in" not in argv:
+        args += ["--in", str(renders)]
+    assert main(args + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_empty_and_wrong_stage_input(renders, backgrounds, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["generate", "--in", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "index.json" in capsys.readouterr().err
+    assert _cp(renders, backgrounds, tmp_path / "cp") == 0
+    assert main(["generate", "--in", str(tmp_path / "cp"), "--out", str(tmp_path / "o")]) == 2
+    assert "not renders" in capsys.readouterr().err
+
+
+def test_corrupt_input_shard_is_recorded(renders, backgrounds, tmp_path):
+    import shutil
+
+    bad = tmp_path / "renders"
+    shutil.copytree(renders, bad)
+    p = bad / "shards" / "renders-000001.tar"
+    p.write_bytes(p.read_bytes()[:1500])  # truncated mid-member
+    out = tmp_path / "cp"
+    assert _cp(bad, backgrounds, out) == 0
+    assert verify(out).ok
+    fails = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
+    assert any("renders-000001.tar" in f["item"] and "corrupt" in f["reason"] for f in fails)
+    assert read_index(out)["num_samples"] > 0
+
+
+def test_two_processes_match_one(renders, backgrounds, tmp_path):
+    assert _cp(renders, backgrounds, tmp_path / "one") == 0
+    assert _cp(renders, backgrounds, tmp_path / "two", "--nproc", "2") == 0
+    assert verify(tmp_path / "two").ok
+    assert _images(tmp_path / "one") == _images(tmp_path / "two")
+
+
+def test_torchrun_two_nodes_on_loopback(renders, backgrounds, tmp_path):
+    """Two torchrun launches (node ranks 0 and 1) rendezvous on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["generate", "--mode", "copy-paste", "--backgrounds", str(backgrounds), "--in", str(renders),
+            "--out", str(tmp_path / "two"), "--no-progress", "--threads", "1"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(r),
+             "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+             "-m", "cdc_aug", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert _cp(renders, backgrounds, tmp_path / "one") == 0
+    assert _images(tmp_path / "one") == _images(tmp_path / "two")
+    assert verify(tmp_path / "two").ok
+
+
+def test_slurm_nodelist():
+    assert first_slurm_host("gpu[03-05,09],cpu1") == "gpu03"
+    assert first_slurm_host("node7") == "node7"
