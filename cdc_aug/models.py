@@ -1,0 +1,136 @@
+"""Which diffusion model a run uses: resolution (bundled / local / hub cache), loading, identity.
+
+A model is a diffusers pipeline directory: the DDPMPipeline layout (unet/, scheduler/)
+for pixel models such as the bundled default, or a Stable Diffusion text-to-image or
+inpainting layout (vae/, text_encoder/, tokenizer/, unet/, scheduler/). Runs are
+offline: a hub id is looked up in the local Hugging Face cache only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cdc_aug
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .pipeline_masked_ilvr import MaskedILVRPipeline
+
+DEFAULT_MODEL_DIR = Path(cdc_aug.__file__).parent / "default_model"
+SCHEDULERS = ("ddim", "ddpm", "dpm", "unipc", "pndm")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+def _is_pipeline_dir(path: Path) -> bool:
+    return (path / "model_index.json").is_file()
+
+
+def resolve_model(model: str | None) -> tuple[Path, str]:
+    """A local pipeline directory for ``model`` and its kind: "default", "local" or "hub"."""
+    if model is None:
+        if not _is_pipeline_dir(DEFAULT_MODEL_DIR):
+            raise UserError(
+                f"the bundled default model is not installed ({DEFAULT_MODEL_DIR} has no model_index.json); "
+                "pass --model DIR_OR_HUB_ID or train one with `cdc-aug pretrain`"
+            )
+        return DEFAULT_MODEL_DIR, "default"
+    path = Path(model).expanduser()
+    if path.exists():
+        if not _is_pipeline_dir(path):
+            raise UserError(f"model {model}: not a diffusers pipeline directory (no model_index.json)")
+        return path.resolve(), "local"
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise UserError(f"model {model}: no such directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snap = snapshot_download(repo_id=model, local_files_only=True)
+    except Exception as e:  # every failure here means "not cached"
+        raise UserError(
+            f"model {model}: not a local directory and not in the Hugging Face cache (runs are offline); "
+            f"download it once with `huggingface-cli download {model}` ({type(e).__name__})"
+        ) from None
+    snap = Path(snap)
+    if not _is_pipeline_dir(snap):
+        raise UserError(f"model {model}: the cached snapshot {snap} has no model_index.json")
+    return snap, "hub"
+
+
+def default_dtype(device) -> torch.dtype:
+    """fp16 on CUDA (the UNet dominates and tolerates it), fp32 elsewhere."""
+    import torch
+
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def make_scheduler(name: str, config):
+    """A scheduler of kind ``name`` built from another scheduler's config (DDIM by default)."""
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        PNDMScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    table = {
+        "ddim": DDIMScheduler,
+        "ddpm": DDPMScheduler,
+        "dpm": DPMSolverMultistepScheduler,
+        "unipc": UniPCMultistepScheduler,
+        "pndm": PNDMScheduler,
+    }
+    if name not in table:
+        raise UserError(f"scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
+    return table[name].from_config(config)
+
+
+def load_pipeline(
+    model: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    scheduler: str = "ddim",
+) -> MaskedILVRPipeline:
+    """A ready MaskedILVRPipeline for ``model`` (None = the bundled default) on ``device``."""
+    import torch
+
+    from .pipeline_masked_ilvr import MaskedILVRPipeline
+
+    path, _ = resolve_model(model)
+    dtype = dtype or default_dtype(device)
+    try:
+        # Cast after loading: the dtype keyword was renamed across diffusers releases.
+        pipe = MaskedILVRPipeline.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model {model or path}: cannot load it as a pipeline ({e})") from None
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.to(torch.device(device), dtype)
+    return pipe
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 over the weight files under ``path`` (relative names and contents, sorted)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def model_identity(model: str | None) -> dict[str, Any]:
+    """What config.yaml records about the model: where it came from and what its weights were."""
+    path, kind = resolve_model(model)
+    ident: dict[str, Any] = {"kind": kind, "path": str(path)}
+    if kind == "hub":
+        ident["hub_id"] = model
+        ident["revision"] = path.name  # the snapshot folder is the commit hash
+    else:
+        ident["sha256"] = weights_sha256(path)
+    return ident
