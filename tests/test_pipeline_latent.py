@@ -1,0 +1,174 @@
+"""MaskedILVRPipeline with tiny random Stable Diffusion parts: text-to-image and inpainting."""
+
+import json
+import string
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from cdc_aug import MaskedILVRPipeline, models
+
+SIZE = 32  # the tiny VAE halves it: a 16x16 latent grid
+STEPS = 4
+
+
+def tiny_tokenizer(path) -> CLIPTokenizer:
+    # a character-level CLIP BPE vocabulary: no merges, no download
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits + ".,!":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=16)
+
+
+def tiny_components(tmp_path, inpainting=False):
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=9 if inpainting else 4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=4,
+        attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=100, max_position_embeddings=16,
+    ))
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(tmp_path / "tok"),
+                scheduler=scheduler)
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    pipe = MaskedILVRPipeline(**tiny_components(tmp_path_factory.mktemp("sd")))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def inpaint(tmp_path_factory):
+    pipe = MaskedILVRPipeline(**tiny_components(tmp_path_factory.mktemp("inp"), inpainting=True))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def reference(seed=0, h=SIZE, w=SIZE):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def square_mask(h=SIZE, w=SIZE):
+    m = np.zeros((h, w), np.float32)
+    m[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
+    return m
+
+
+def run(pipe, image=None, mask=None, seed=0, **kw):
+    kw.setdefault("num_inference_steps", STEPS)
+    kw.setdefault("prompt", "a chair in a room")
+    image = reference() if image is None else image
+    mask = square_mask() if mask is None else mask
+    return pipe(image, mask, generator=kw.pop("generator", torch.Generator().manual_seed(seed)),
+                output_type="np", **kw).images
+
+
+def test_kind_detection(sd, inpaint):
+    assert sd.is_latent and sd.is_text_conditioned and not sd.is_inpainting and sd.vae_scale_factor == 2
+    assert inpaint.is_inpainting
+
+
+def test_text_to_image_runs_at_the_input_size_and_is_seeded(sd):
+    a = run(sd, image=reference(h=33, w=38), mask=square_mask(33, 38), guidance_scale=3.0)
+    assert a.shape == (1, 33, 38, 3) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, run(sd, image=reference(h=33, w=38), mask=square_mask(33, 38),
+                                         guidance_scale=3.0))
+    assert np.abs(run(sd, seed=1) - run(sd, seed=2)).max() > 1e-3
+
+
+def test_the_prompt_matters(sd):
+    assert np.abs(run(sd, prompt="a red chair") - run(sd, prompt="zzz")).max() > 1e-4
+
+
+def test_full_guidance_on_a_full_mask_returns_the_vae_round_trip(sd):
+    # SD's own schedule ends at alpha_bar_0 < 1 (a trace of noise stays); end at 1 to compare exactly
+    scheduler = DDIMScheduler.from_config(sd.scheduler.config, set_alpha_to_one=True)
+    sd = MaskedILVRPipeline(**{**sd.components, "scheduler": scheduler})
+    sd.set_progress_bar_config(disable=True)
+    ref = reference()
+    with pytest.warns(UserWarning, match="is full"):
+        out = run(sd, image=ref, mask=np.ones((SIZE, SIZE), np.float32), t_in=1.0, n_in=1)
+    x = torch.from_numpy(ref).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        rt = sd._decode_vae(sd._encode_vae(x))
+    rt = (rt / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(out, rt, atol=1e-4)
+
+
+@pytest.mark.parametrize("space", ["x0", "xt"])
+def test_zero_guidance_ignores_the_reference(sd, space):
+    a = run(sd, image=reference(1), t_in=0.0, t_out=0.0, space=space)
+    b = run(sd, image=reference(2), t_in=0.0, t_out=0.0, space=space)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_batch_with_prompts_and_generators_matches_single_samples(sd):
+    refs, prompts = [reference(3), reference(4)], ["a chair", "a lamp"]
+    gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
+    both = sd(refs, [square_mask()] * 2, prompt=prompts, negative_prompt=["blurry", "dark"], generator=gens,
+              num_inference_steps=STEPS, output_type="np").images
+    alone = sd(refs[1], square_mask(), prompt=prompts[1], negative_prompt="dark",
+               generator=[torch.Generator().manual_seed(8)], num_inference_steps=STEPS, output_type="np").images
+    np.testing.assert_allclose(both[1], alone[0], atol=1e-5)
+
+
+def test_n_must_divide_the_latent_grid(sd):
+    with pytest.raises(ValueError, match=r"`n_in`=3 does not divide the model's 16x16 grid \(image 32x32\)"):
+        run(sd, n_in=3)
+
+
+def test_inpainting_keeps_the_object_while_it_is_guided_then_frees_it(inpaint):
+    seen = []
+    handle = inpaint.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[0][:, 4].clone()))
+    try:
+        out = run(inpaint, t_in=0.5, guidance_scale=1.0, blur=0)
+    finally:
+        handle.remove()
+    assert out.shape == (1, SIZE, SIZE, 3) and len(seen) == STEPS
+    grid_mask = torch.from_numpy(square_mask(16, 16))
+    for k, cond in enumerate(seen):
+        # inpainting UNets take 1 = repaint: the object is kept for the first half only
+        expected = 1 - grid_mask if k < STEPS // 2 else torch.ones(16, 16)
+        torch.testing.assert_close(cond[0], expected)
+
+
+def test_save_load_and_load_pipeline_from_an_sd_layout(sd, tmp_path):
+    sd.save_pretrained(tmp_path)
+    # a real SD checkpoint also lists a safety checker and a feature extractor; they are skipped
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionPipeline"
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    loaded = models.load_pipeline(str(tmp_path))
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.is_latent and isinstance(loaded.scheduler, DDIMScheduler)
+    assert not loaded.scheduler.config.set_alpha_to_one  # SD's own schedule survives the switch to DDIM
+    np.testing.assert_allclose(run(sd, t_in=0.5), run(loaded, t_in=0.5), atol=1e-5)
+
+
+def test_stable_diffusion_pipeline_directory_loads(tmp_path):
+    parts = tiny_components(tmp_path)
+    StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(tmp_path / "sd")
+    pipe = models.load_pipeline(str(tmp_path / "sd"))
+    assert pipe.is_text_conditioned and pipe.tokenizer.model_max_length == 16
