@@ -1,0 +1,150 @@
+"""Loading, checking and normalising meshes, with a named reason for every rejection.
+
+A shape is a list of ``trimesh.Trimesh`` parts (one per material), so textures and
+colours survive; the ground truth uses their concatenation.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+log = logging.getLogger(__name__)
+
+
+class ShapeError(Exception):
+    """A shape that cannot be used; ``kind`` is one of the reasons recorded in failures.jsonl."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass
+class Normalized:
+    parts: list[trimesh.Trimesh]  # in the unit cube
+    center: np.ndarray  # x_unit = (x - center) * scale
+    scale: float
+
+    def merged(self) -> trimesh.Trimesh:
+        verts, faces, off = [], [], 0
+        for p in self.parts:
+            verts.append(np.asarray(p.vertices, dtype=np.float64))
+            faces.append(np.asarray(p.faces, dtype=np.int64) + off)
+            off += len(p.vertices)
+        return trimesh.Trimesh(np.concatenate(verts), np.concatenate(faces), process=False)
+
+    @property
+    def diagonal(self) -> float:
+        """Length of the bounding-box diagonal (at most sqrt(3) in the unit cube)."""
+        v = np.concatenate([p.vertices for p in self.parts])
+        return float(np.linalg.norm(v.max(axis=0) - v.min(axis=0)))
+
+    @property
+    def num_faces(self) -> int:
+        return int(sum(len(p.faces) for p in self.parts))
+
+
+_TEX_KEYS = re.compile(r"^\s*(map_Kd|map_Ka|map_Ks|map_d|map_bump|bump|map_Bump)\s+(.+?)\s*$", re.MULTILINE)
+
+
+def check_textures(obj_path: Path) -> None:
+    """Raise ``unreadable texture`` when an MTL next to the OBJ names an image that is
+    missing or cannot be decoded (trimesh would only log a warning and render grey)."""
+    from PIL import Image
+
+    text = obj_path.read_text(errors="replace")
+    for line in re.findall(r"^\s*mtllib\s+(.+?)\s*$", text, re.MULTILINE):
+        mtl = obj_path.parent / line
+        if not mtl.exists():
+            continue  # a missing MTL only loses colours; trimesh falls back to grey
+        for _, value in _TEX_KEYS.findall(mtl.read_text(errors="replace")):
+            name = value.split()[-1]  # options such as "-bm 1" come first
+            tex = obj_path.parent / name
+            try:
+                with Image.open(tex) as im:
+                    im.load()
+            except Exception as e:  # noqa: BLE001 - any decoder error means the same to us
+                raise ShapeError("unreadable texture", f"{name} ({type(e).__name__})") from e
+
+
+def load_obj(path: Path) -> list[trimesh.Trimesh]:
+    """An OBJ file's parts, with its materials and textures."""
+    if not path.exists():
+        raise ShapeError("missing file", str(path))
+    check_textures(path)
+    try:
+        loaded = trimesh.load(path, force="scene", process=False, skip_materials=False)
+    except Exception as e:  # noqa: BLE001 - trimesh raises many types on bad input
+        raise ShapeError("corrupt OBJ", f"{path.name}: {type(e).__name__}: {e}") from e
+    return scene_parts(loaded)
+
+
+def scene_parts(loaded) -> list[trimesh.Trimesh]:
+    if isinstance(loaded, trimesh.Trimesh):
+        return [loaded]
+    parts = loaded.dump(concatenate=False) if isinstance(loaded, trimesh.Scene) else []
+    return [p for p in parts if isinstance(p, trimesh.Trimesh)]
+
+
+def plain_colours(part: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Replace a texture that pyrender cannot draw (no UV coordinates, or no image) by
+    the material's main colour: pyrender's shader fails to compile for those (DESIGN §2)."""
+    vis = part.visual
+    if getattr(vis, "kind", None) != "texture" and not isinstance(vis, trimesh.visual.TextureVisuals):
+        return part
+    uv = getattr(vis, "uv", None)
+    mat = getattr(vis, "material", None)
+    image = getattr(mat, "image", None) if mat is not None else None
+    if image is None and mat is not None and hasattr(mat, "baseColorTexture"):
+        image = mat.baseColorTexture
+    if uv is not None and len(uv) == len(part.vertices) and image is not None:
+        return part
+    color = np.array([180, 180, 180, 255], dtype=np.uint8)
+    if mat is not None:
+        try:
+            color = np.asarray(mat.main_color, dtype=np.uint8)
+        except Exception:  # noqa: BLE001 - keep the grey
+            pass
+    part.visual = trimesh.visual.ColorVisuals(part, face_colors=np.tile(color, (len(part.faces), 1)))
+    return part
+
+
+def normalize(parts: list[trimesh.Trimesh], rotation: np.ndarray | None = None) -> Normalized:
+    """Check the parts and move them into the unit cube [-0.5, 0.5]^3 (bounding-box centre,
+    longest edge 1; cdc_aug.layout). ``rotation`` (3x3) is applied first."""
+    parts = [p for p in parts if len(p.faces) > 0]
+    if not parts:
+        raise ShapeError("empty mesh", "no faces")
+    verts = np.concatenate([np.asarray(p.vertices, dtype=np.float64) for p in parts])
+    if not np.all(np.isfinite(verts)):
+        raise ShapeError("NaN vertices", f"{int((~np.isfinite(verts)).any(axis=1).sum())} non-finite vertices")
+    for p in parts:
+        if len(p.faces) and (p.faces.max() >= len(p.vertices) or p.faces.min() < 0):
+            raise ShapeError("corrupt OBJ", "face index out of range")
+    if rotation is not None:
+        verts = verts @ np.asarray(rotation, dtype=np.float64).T
+    lo, hi = verts.min(axis=0), verts.max(axis=0)
+    extent = hi - lo
+    if np.sort(extent)[-2] <= 1e-9 * max(1.0, float(np.abs(verts).max())):
+        raise ShapeError("degenerate mesh", f"extent {extent.tolist()}")
+    area = sum(float(p.area) for p in parts)
+    if not np.isfinite(area) or area <= 0:
+        raise ShapeError("degenerate mesh", "zero surface area")
+    center = (lo + hi) / 2
+    scale = 1.0 / float(extent.max())
+    out = []
+    for p in parts:
+        p = p.copy()
+        v = np.asarray(p.vertices, dtype=np.float64)
+        if rotation is not None:
+            v = v @ np.asarray(rotation, dtype=np.float64).T
+        p.vertices = (v - center) * scale
+        out.append(plain_colours(p))
+    return Normalized(out, center, scale)

@@ -1,0 +1,162 @@
+"""One pyrender OffscreenRenderer per process: colour, depth and camera-space normals.
+
+Headless by default through OSMesa (``PYOPENGL_PLATFORM`` is set to ``osmesa`` unless the
+caller chose, e.g. ``egl`` on a GPU machine). Lighting is a studio three-point rig that
+moves with the camera, so every view shows the shape; pyrender's default leaves
+furniture nearly black.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cameras import Camera
+from .meshes import Normalized
+
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+# PyOpenGL reports its optional accelerator and shutdown order at INFO on every run.
+logging.getLogger("OpenGL").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """A three-point rig in camera coordinates (OpenGL: x right, y up, camera looks -z)."""
+
+    key: float = 3.0
+    fill: float = 1.4
+    rim: float = 2.0
+    ambient: float = 0.35
+    key_azimuth: float = -35.0  # degrees, about the camera's up axis
+    key_elevation: float = 40.0
+
+    @staticmethod
+    def sample(rng: np.random.Generator) -> Lighting:
+        return Lighting(
+            key=float(rng.uniform(2.4, 3.6)),
+            fill=float(rng.uniform(1.0, 1.8)),
+            rim=float(rng.uniform(1.4, 2.6)),
+            ambient=float(rng.uniform(0.25, 0.45)),
+            key_azimuth=float(rng.uniform(-55.0, -15.0)),
+            key_elevation=float(rng.uniform(25.0, 55.0)),
+        )
+
+
+def _direction_pose(azimuth: float, elevation: float) -> np.ndarray:
+    """Pose of a directional light shining from (azimuth, elevation) relative to the
+    camera's viewing direction towards the object (pyrender lights shine along -z)."""
+    az, el = np.radians(azimuth), np.radians(elevation)
+    src = np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])  # from object to light
+    z = src / np.linalg.norm(src)
+    x = np.cross([0.0, 1.0, 0.0], z)
+    if np.linalg.norm(x) < 1e-6:
+        x = np.array([1.0, 0.0, 0.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([x, y, z], axis=1)
+    return pose
+
+
+@dataclass
+class Views:
+    rgba: np.ndarray  # (H, W, 4) uint8
+    depth: np.ndarray  # (H, W) float32, 0 = background
+    normal: np.ndarray | None  # (H, W, 3) float32 unit camera-space (OpenCV) normals, 0 = background
+
+
+class Renderer:
+    """Renders one shape at a time; keep one per process and reuse it."""
+
+    def __init__(self, size: int):
+        import pyrender
+
+        self.size = size
+        self._pr = pyrender
+        self._r = pyrender.OffscreenRenderer(size, size)
+        self._scene = None
+
+    def close(self) -> None:
+        if self._r is not None:
+            self._r.delete()
+            self._r = None
+
+    def load(self, shape: Normalized, normals: bool = True) -> None:
+        """Upload a shape: its coloured parts, and a flat-shaded copy whose colours encode
+        world-space face normals (rotated into the camera frame per view)."""
+        pr = self._pr
+        scene = pr.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.0, 0.0, 0.0])
+        self._color_nodes = [scene.add(pr.Mesh.from_trimesh(p, smooth=False)) for p in shape.parts]
+        self._normal_node = None
+        if normals:
+            merged = shape.merged()
+            fn = np.asarray(merged.face_normals, dtype=np.float64)
+            colors = np.clip(np.round((fn + 1.0) * 127.5), 0, 255).astype(np.uint8)
+            import trimesh
+
+            merged.visual = trimesh.visual.ColorVisuals(
+                merged, face_colors=np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1))
+            self._normal_node = scene.add(pr.Mesh.from_trimesh(merged, smooth=False))
+            self._normal_node.mesh.is_visible = False
+        self._cam_node = scene.add(pr.IntrinsicsCamera(1.0, 1.0, 0.0, 0.0, znear=0.01, zfar=100.0))
+        self._lights = [scene.add(pr.DirectionalLight(color=np.ones(3), intensity=1.0)) for _ in range(3)]
+        self._scene = scene
+
+    def render(self, camera: Camera, lighting: Lighting = Lighting()) -> Views:
+        pr, scene = self._pr, self._scene
+        f = camera.focal_px
+        c = camera.size / 2.0  # pyrender's pixel centres sit at +0.5 (see cameras.py)
+        self._cam_node.camera = pr.IntrinsicsCamera(f, f, c, c, znear=0.01, zfar=100.0)
+        pose = camera.gl_pose()
+        scene.set_pose(self._cam_node, pose)
+        rig = [(lighting.key, lighting.key_azimuth, lighting.key_elevation),
+               (lighting.fill, 50.0, 10.0),
+               (lighting.rim, 180.0 + lighting.key_azimuth / 2, 50.0)]
+        for node, (intensity, az, el) in zip(self._lights, rig):
+            node.light.intensity = intensity
+            scene.set_pose(node, pose @ _direction_pose(az, el))
+        scene.ambient_light = np.full(3, lighting.ambient)
+        for n in self._color_nodes:
+            n.mesh.is_visible = True
+        color, depth = self._r.render(scene)
+        depth = np.asarray(depth, dtype=np.float32)
+        mask = depth > 0
+        rgba = np.zeros((*mask.shape, 4), dtype=np.uint8)
+        rgba[mask, :3] = color[mask, :3]
+        rgba[mask, 3] = 255
+        normal = None
+        if self._normal_node is not None:
+            for n in self._color_nodes:
+                n.mesh.is_visible = False
+            self._normal_node.mesh.is_visible = True
+            ncol, _ = self._r.render(scene, flags=pr.RenderFlags.FLAT)
+            self._normal_node.mesh.is_visible = False
+            normal = _camera_normals(ncol[..., :3], mask, camera)
+        return Views(rgba=rgba, depth=np.where(mask, depth, 0).astype(np.float32), normal=normal)
+
+
+def _camera_normals(encoded: np.ndarray, mask: np.ndarray, camera: Camera) -> np.ndarray:
+    """Decode world normals, rotate them into the OpenCV camera frame and turn them to
+    face the camera (open meshes often have inconsistently wound faces)."""
+    n = encoded.astype(np.float32) / 127.5 - 1.0
+    R = camera.RT[:, :3].astype(np.float32)
+    n = n @ R.T
+    h, w = mask.shape
+    K = camera.K
+    u, v = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1)
+    flip = (n * rays).sum(-1) > 0
+    n[flip] *= -1
+    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
+    n[~mask] = 0
+    return n
+
+
+def encode_normals(normal: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(n + 1) / 2 * 255 as uint8; background stays 0 (mask.png tells it apart)."""
+    out = np.clip(np.round((normal + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    out[~mask] = 0
+    return out
