@@ -103,13 +103,24 @@ def load_pipeline(
 
     path, _ = resolve_model(model)
     dtype = dtype or default_dtype(device)
+    from diffusers.utils import logging as dlog
+
+    # Loading prints a progress bar and advice (install accelerate, ...) that is noise for
+    # a command's user; errors still surface as exceptions.
+    verbosity, bars = dlog.get_verbosity(), dlog.is_progress_bar_enabled()
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
     try:
         # Cast after loading: the dtype keyword was renamed across diffusers releases.
         pipe = MaskedILVRPipeline.from_pretrained(path, local_files_only=True)
+        pipe.to(torch.device(device), dtype)
     except (OSError, ValueError) as e:
-        raise UserError(f"model {model or path}: cannot load it as a pipeline ({e})") from None
+        raise UserError(f"model {model or path}: cannot load it as a pipeline ({e})".replace("\n", " ")) from None
+    finally:
+        dlog.set_verbosity(verbosity)
+        if bars:
+            dlog.enable_progress_bar()
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-    pipe.to(torch.device(device), dtype)
     return pipe
 
 
