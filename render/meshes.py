@@ -15,6 +15,7 @@ import numpy as np
 import trimesh
 
 log = logging.getLogger(__name__)
+logging.getLogger("trimesh").setLevel(logging.WARNING)  # "triangulating faces" for every quad OBJ
 
 
 class ShapeError(Exception):
@@ -51,7 +52,8 @@ class Normalized:
         return int(sum(len(p.faces) for p in self.parts))
 
 
-_TEX_KEYS = re.compile(r"^\s*(map_Kd|map_Ka|map_Ks|map_d|map_bump|bump|map_Bump)\s+(.+?)\s*$", re.MULTILINE)
+# Only the diffuse map is drawn; a missing bump or specular map changes nothing on screen.
+_TEX_KEYS = re.compile(r"^\s*(map_Kd)\s+(.+?)\s*$", re.MULTILINE)
 
 
 def check_textures(obj_path: Path) -> None:
