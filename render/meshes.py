@@ -85,7 +85,16 @@ def load_obj(path: Path) -> list[trimesh.Trimesh]:
         loaded = trimesh.load(path, force="scene", process=False, skip_materials=False)
     except Exception as e:  # noqa: BLE001 - trimesh raises many types on bad input
         raise ShapeError("corrupt OBJ", f"{path.name}: {type(e).__name__}: {e}") from e
-    return scene_parts(loaded)
+    parts = scene_parts(loaded)
+    if not any(len(p.faces) for p in parts):
+        data = path.read_bytes()
+        try:
+            text_like = b"\x00" not in data and bool(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            text_like = False
+        if data.strip() and not text_like:
+            raise ShapeError("corrupt OBJ", f"{path.name}: not a text OBJ file")
+    return parts
 
 
 def scene_parts(loaded) -> list[trimesh.Trimesh]:
