@@ -153,7 +153,7 @@ class Augmenter:
 
             self.pipe = load_pipeline(cfg.model, device=device, dtype=resolve_dtype(cfg.dtype, device))
             self.pipe.set_progress_bar_config(disable=True)
-        self.text_conditioned = getattr(self.pipe, "text_encoder", None) is not None
+        self.text_conditioned = bool(self.pipe is not None and self.pipe.is_text_conditioned)
 
     def __call__(self, batch: list[dict[str, Any]]) -> list[tuple[np.ndarray, dict[str, Any]]]:
         cfg = self.cfg
