@@ -140,23 +140,23 @@ class Renderer:
 
 def _camera_normals(encoded: np.ndarray, mask: np.ndarray, camera: Camera) -> np.ndarray:
     """Decode world normals, rotate them into the OpenCV camera frame and turn them to
-    face the camera (open meshes often have inconsistently wound faces)."""
-    n = encoded.astype(np.float32) / 127.5 - 1.0
-    R = camera.RT[:, :3].astype(np.float32)
-    n = n @ R.T
-    h, w = mask.shape
+    face the camera (open meshes often have inconsistently wound faces). Only the
+    object's pixels are touched: this runs once per view."""
+    v, u = np.nonzero(mask)
+    n = encoded[v, u].astype(np.float32) / 127.5 - 1.0
+    n = n @ camera.RT[:, :3].T.astype(np.float32)
     K = camera.K
-    u, v = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1)
-    flip = (n * rays).sum(-1) > 0
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones(len(u))], axis=1)
+    flip = (n * rays).sum(axis=1) > 0
     n[flip] *= -1
-    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
-    n[~mask] = 0
-    return n
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-6)
+    out = np.zeros((*mask.shape, 3), dtype=np.float32)
+    out[v, u] = n
+    return out
 
 
 def encode_normals(normal: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(n + 1) / 2 * 255 as uint8; background stays 0 (mask.png tells it apart)."""
-    out = np.clip(np.round((normal + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    out[~mask] = 0
+    out = np.zeros(normal.shape, dtype=np.uint8)
+    out[mask] = np.clip(np.round((normal[mask] + 1.0) * 127.5), 0, 255).astype(np.uint8)
     return out
