@@ -277,3 +277,21 @@ def test_real_debian_catalog_one_chair(tmp_path):
     assert s["meta.json"]["catalog_file"].endswith(".sh3f") and s["meta.json"]["license"]
     assert s["mask.png"].mean() > 10 and s["rgba.png"][..., :3][s["mask.png"] > 0].mean() > 40  # lit, not black
     assert os.path.isdir(out / ".cache" / "sweethome3d")
+
+
+def test_config_file_sets_defaults_and_flags_win(tmp_path, capsys):
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("source: procedural\ncategories: [sofa]\nmax_shapes: 1\nviews: 3\nsize: 32\n"
+                   "gt_surface_points: 300\ngt_sdf_points: 200\ngt_occ_points: 300\n")
+    out = tmp_path / "renders"
+    assert cli_main(["render", "--config", str(cfg), "--views", "2", "--out", str(out), "--no-progress"]) == 0
+    assert f"{out}: 2 views of 1 shapes in 1 shards; 0 shapes failed" in capsys.readouterr().out
+    metas = [decode_sample(r)["meta.json"] for p in shard_paths(out) for r in iter_tar_samples(p)]
+    assert [(m["category"], m["view"]) for m in metas] == [("sofa", 0), ("sofa", 1)]
+    from render import groundtruth
+
+    (h5,) = (tmp_path / "shapes").glob("*/*.h5")
+    assert groundtruth.read(h5)["surface_points"].shape == (300, 3)
+    cfg.write_text("viewz: 3\n")
+    assert cli_main(["render", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
+    assert "--config: " in capsys.readouterr().err

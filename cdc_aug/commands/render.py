@@ -8,6 +8,9 @@ DEFAULTS_NOTE = ("Sources: sweethome3d (default when Debian's sweethome3d-furnit
 
 def register(sub, help_text: str) -> None:
     p = sub.add_parser("render", help=help_text, description=f"{help_text}. {DEFAULTS_NOTE}")
+    p.add_argument("--config", default=None,
+                   help="YAML file of settings (keys: these flags' names, e.g. max_shapes; "
+                        "gt_surface_points/gt_sdf_points/gt_occ_points); flags given on the command line win")
     p.add_argument("--out", default="data/renders", help="render directory (default: data/renders)")
     p.add_argument("--shapes-dir", default=None,
                    help="ground-truth shape store (default: <out>/../shapes, i.e. data/shapes)")
@@ -28,17 +31,53 @@ def register(sub, help_text: str) -> None:
                    help="studio: fixed three-point rig; random: seeded variation per view")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out with other parameters")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _parser=p)
+
+
+GT_KEYS = ("gt_surface_points", "gt_sdf_points", "gt_occ_points")
+
+
+def _apply_config(args: argparse.Namespace) -> dict:
+    """Fill flags left at their defaults from ``--config``; returns the extra options."""
+    from pathlib import Path
+
+    import yaml
+
+    from cdc_aug.errors import UserError
+
+    path = Path(args.config)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise UserError(f"--config: cannot read {path} ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise UserError(f"--config: {path} is not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise UserError(f"--config: {path} must hold a mapping of settings")
+    parser, extra = args._parser, {}
+    flags = {a.dest for a in parser._actions} - {"help", "config", "func", "_parser"}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest in GT_KEYS:
+            extra[dest] = int(value)
+        elif dest not in flags:
+            raise UserError(f"--config: {path}: unknown setting {key!r}")
+        elif getattr(args, dest) == parser.get_default(dest):
+            if dest == "categories" and isinstance(value, list):
+                value = ",".join(map(str, value))
+            setattr(args, dest, value)
+    return extra
 
 
 def run(args: argparse.Namespace) -> int:
     from render.api import render_dataset
 
+    extra = _apply_config(args) if args.config else {}
     index = render_dataset(
         args.out, source=args.source, categories=args.categories, max_shapes=args.max_shapes, views=args.views,
         size=args.size, workers=args.workers, seed=args.seed, shapes_dir=args.shapes_dir, root=args.root,
         overwrite=args.overwrite, progress=not args.no_progress, shapes_per_shard=args.shapes_per_shard,
-        lighting=args.lighting)
+        lighting=args.lighting, **extra)
     from cdc_aug.shards import read_failures
 
     failures = read_failures(args.out)
