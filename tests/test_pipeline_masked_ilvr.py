@@ -221,3 +221,31 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     assert loaded.vae is None and loaded.text_encoder is None
     # same weights and config; a freshly allocated model may differ in the last float bits
     np.testing.assert_allclose(run(pipe, t_in=0.5, n_in=2), run(loaded, t_in=0.5, n_in=2), atol=1e-5)
+
+
+def test_xt_space_noises_the_reference_to_the_level_the_step_lands_on():
+    # With the whole image guided at n = 1, the UNet's input at step k + 1 is the reference
+    # noised to timesteps[k + 1]: x = sqrt(ab) * y0 + sqrt(1 - ab) * eps. Regressing x on
+    # y0 recovers sqrt(ab) (the paper's code would give the level one step noisier).
+    pipe = make_pipe()
+    seen = []
+    pipe.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    ref, full = reference(h=64, w=64), np.ones((64, 64), np.float32)
+    with pytest.warns(UserWarning, match="is full"):
+        run(pipe, image=ref, mask=full, t_in=1.0, space="xt", blur=0)
+    y0 = torch.from_numpy(ref).permute(2, 0, 1)[None].float() / 127.5 - 1
+    timesteps = pipe.scheduler.timesteps
+    for k in (1, 2, 3):
+        beta = float((seen[k] * y0).sum() / (y0 * y0).sum())
+        expected = float(pipe.scheduler.alphas_cumprod[timesteps[k]].sqrt())
+        one_noisier = float(pipe.scheduler.alphas_cumprod[timesteps[k - 1]].sqrt())
+        assert abs(beta - expected) < 0.03 and abs(beta - one_noisier) > 0.2
+
+
+def test_low_precision_model_keeps_the_guidance_exact():
+    # The guidance arithmetic stays in float32 whatever the UNet's dtype (fp16 on CUDA).
+    pipe = make_pipe()
+    pipe.unet.to(torch.bfloat16)
+    out = run(pipe, t_in=1.0)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[0][INNER[1:]], reference()[INNER[1:]] / 255.0, atol=1e-5)
