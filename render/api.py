@@ -293,7 +293,7 @@ def _render_shape(ref: ShapeRef, config: dict, shapes_root: Path, cache_dir: Pat
             "normal.png": encode_normals(out.normal, mask) if out.normal is not None
             else np.zeros((*mask.shape, 3), np.uint8),
             "camera.json": camera,
-            "meta.json": {**ref.meta(), "view": view},
+            "meta.json": {**ref.meta(), **shape.notes, "view": view},
         }
         samples.append(encode_sample(sample))
     return samples, shape.num_faces

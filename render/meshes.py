@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class Normalized:
     parts: list[trimesh.Trimesh]  # in the unit cube
     center: np.ndarray  # x_unit = (x - center) * scale
     scale: float
+    notes: dict = field(default_factory=dict)  # goes into meta.json
 
     def merged(self) -> trimesh.Trimesh:
         verts, faces, off = [], [], 0
@@ -56,31 +57,43 @@ class Normalized:
 _TEX_KEYS = re.compile(r"^\s*(map_Kd)\s+(.+?)\s*$", re.MULTILINE)
 
 
-def check_textures(obj_path: Path) -> None:
-    """Raise ``unreadable texture`` when an MTL next to the OBJ names an image that is
-    missing or cannot be decoded (trimesh would only log a warning and render grey)."""
+def check_textures(obj_path: Path) -> list[str]:
+    """The diffuse textures that the OBJ's MTL files name but that are not there (drawn
+    in the material's plain colour, as Sweet Home 3D does; listed in meta.json). Raises
+    ``unreadable texture`` for one that is there but cannot be decoded."""
     from PIL import Image
 
+    missing = []
     text = obj_path.read_text(errors="replace")
     for line in re.findall(r"^\s*mtllib\s+(.+?)\s*$", text, re.MULTILINE):
         mtl = obj_path.parent / line
         if not mtl.exists():
             continue  # a missing MTL only loses colours; trimesh falls back to grey
         for _, value in _TEX_KEYS.findall(mtl.read_text(errors="replace")):
-            name = value.split()[-1]  # options such as "-bm 1" come first
-            tex = obj_path.parent / name
+            value = value.replace("\\", "/")
+            # the name may follow options ("-bm 1 bump.png") or hold spaces
+            found = [c for c in (value, value.split()[-1]) if (obj_path.parent / c).is_file()]
+            if not found:
+                missing.append(value)
+                continue
             try:
-                with Image.open(tex) as im:
+                with Image.open(obj_path.parent / found[0]) as im:
                     im.load()
             except Exception as e:  # noqa: BLE001 - any decoder error means the same to us
-                raise ShapeError("unreadable texture", f"{name} ({type(e).__name__})") from e
+                raise ShapeError("unreadable texture", f"{found[0]} ({type(e).__name__}: {e})") from e
+    return sorted(set(missing))
 
 
 def load_obj(path: Path) -> list[trimesh.Trimesh]:
     """An OBJ file's parts, with its materials and textures."""
+    return read_obj(path)[0]
+
+
+def read_obj(path: Path) -> tuple[list[trimesh.Trimesh], dict]:
+    """An OBJ file's parts, and notes for meta.json (textures it names but lacks)."""
     if not path.exists():
         raise ShapeError("missing file", str(path))
-    check_textures(path)
+    missing = check_textures(path)
     try:
         loaded = trimesh.load(path, force="scene", process=False, skip_materials=False)
     except Exception as e:  # noqa: BLE001 - trimesh raises many types on bad input
@@ -94,7 +107,7 @@ def load_obj(path: Path) -> list[trimesh.Trimesh]:
             text_like = False
         if data.strip() and not text_like:
             raise ShapeError("corrupt OBJ", f"{path.name}: not a text OBJ file")
-    return parts
+    return parts, ({"missing_textures": missing} if missing else {})
 
 
 def scene_parts(loaded) -> list[trimesh.Trimesh]:
@@ -127,7 +140,8 @@ def plain_colours(part: trimesh.Trimesh) -> trimesh.Trimesh:
     return part
 
 
-def normalize(parts: list[trimesh.Trimesh], rotation: np.ndarray | None = None) -> Normalized:
+def normalize(parts: list[trimesh.Trimesh], rotation: np.ndarray | None = None, notes: dict | None = None
+              ) -> Normalized:
     """Check the parts and move them into the unit cube [-0.5, 0.5]^3 (bounding-box centre,
     longest edge 1; cdc_aug.layout). ``rotation`` (3x3) is applied first."""
     parts = [p for p in parts if len(p.faces) > 0]
@@ -158,4 +172,4 @@ def normalize(parts: list[trimesh.Trimesh], rotation: np.ndarray | None = None) 
             v = v @ np.asarray(rotation, dtype=np.float64).T
         p.vertices = (v - center) * scale
         out.append(plain_colours(p))
-    return Normalized(out, center, scale)
+    return Normalized(out, center, scale, dict(notes or {}))

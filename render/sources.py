@@ -17,7 +17,7 @@ from cdc_aug.runinfo import derive_seed
 from cdc_aug.samples import sanitize_id
 
 from . import categories as cats
-from .meshes import Normalized, load_obj, normalize
+from .meshes import Normalized, normalize, read_obj
 
 SOURCES = ("sweethome3d", "shapenet", "procedural")
 SH3D_DIR = Path("/usr/share/sweethome3d/furniture")
@@ -128,9 +128,11 @@ def load(ref: ShapeRef, cache_dir: Path) -> Normalized:
 
         return normalize([make_shape(ref.category, ref.seed)])
     if ref.source == "shapenet":
-        return normalize(load_obj(Path(ref.path)))
+        parts, notes = read_obj(Path(ref.path))
+        return normalize(parts, notes=notes)
     from .sweethome3d import extract_model
 
     obj = extract_model(Path(ref.path), ref.entry, cache_dir)
     rot = np.asarray(ref.rotation, dtype=np.float64).reshape(3, 3) if ref.rotation else None
-    return normalize(load_obj(obj), rotation=rot)
+    parts, notes = read_obj(obj)
+    return normalize(parts, rotation=rot, notes=notes)

@@ -166,3 +166,16 @@ def test_written_config_records_the_run(rendered):
     assert cfg["source"] == "procedural" and cfg["views"] == 3 and cfg["size"] == 64
     assert cfg["shapes_dir"] == "../shapes"
     assert json.loads((out / "index.json").read_text())["shapes_dir"] == "../shapes"
+
+
+def test_random_lighting_changes_shading_not_geometry(tmp_path):
+    kw = dict(source="procedural", categories="sofa", max_shapes=1, views=2, size=48, progress=False, **SMALL_GT)
+    render_dataset(tmp_path / "studio", **kw)
+    render_dataset(tmp_path / "random", lighting="random", **kw)
+    a, b = list(_samples(tmp_path / "studio")), list(_samples(tmp_path / "random"))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["mask.png"], y["mask.png"])
+        np.testing.assert_array_equal(x["depth.npy"], y["depth.npy"])
+        assert np.abs(x["rgba.png"].astype(int) - y["rgba.png"]).max() > 10
+        lit = x["rgba.png"][..., :3][x["mask.png"] > 0]
+        assert lit.mean() > 40  # the studio rig shows the shape; pyrender's default leaves it near black

@@ -66,6 +66,8 @@ def shapenet(tmp_path):
     _obj(chairs / "g-degenerate" / "model.obj", verts=[(x, 0.0, 0.0) for x in range(8)])
     _obj(chairs / "h-nan" / "model.obj", verts=[(float("nan"), 0, 0)] + BOX_V[1:])
     _textured(chairs / "i-bad-texture" / "model.obj", uv=True, image_ok=False)
+    _textured(chairs / "j-texture-missing" / "model.obj", uv=True)
+    (chairs / "j-texture-missing" / "wood.png").unlink()
     _obj(root / "04379243" / "table-1" / "model.obj")
     return root
 
@@ -84,8 +86,11 @@ def test_shapenet_v1_v2_and_every_bad_shape_recorded(tmp_path, shapenet):
         for raw in iter_tar_samples(p):
             s = decode_sample(raw)
             rendered.setdefault(s["meta.json"]["model_id"], []).append(s)
-    assert sorted(rendered) == ["a-textured-v1", "b-texture-no-uv", "c-plain", "table-1"]
-    assert index["num_samples"] == 8 and index["num_shapes"] == 10
+    assert sorted(rendered) == ["a-textured-v1", "b-texture-no-uv", "c-plain", "j-texture-missing", "table-1"]
+    assert index["num_samples"] == 10 and index["num_shapes"] == 11
+    # a texture the MTL names but nobody shipped: drawn in the material colour, and said so
+    assert rendered["j-texture-missing"][0]["meta.json"]["missing_textures"] == ["wood.png"]
+    assert "missing_textures" not in rendered["a-textured-v1"][0]["meta.json"]
     assert rendered["b-texture-no-uv"][0]["meta.json"]["version"] == "v2"
     # the texture is drawn: red and blue texels both show on the textured box
     rgb = rendered["a-textured-v1"][0]["rgba.png"][..., :3].reshape(-1, 3).astype(int)
@@ -93,7 +98,8 @@ def test_shapenet_v1_v2_and_every_bad_shape_recorded(tmp_path, shapenet):
     splits = json.loads((out / "splits.json").read_text())
     ids = sorted(k for v in splits.values() for k in v)
     assert ids == sorted(f"{s}_{m}" for s, m in [("03001627", "a-textured-v1"), ("03001627", "b-texture-no-uv"),
-                                                  ("03001627", "c-plain"), ("04379243", "table-1")])
+                                                  ("03001627", "c-plain"), ("03001627", "j-texture-missing"),
+                                                  ("04379243", "table-1")])
 
 
 @pytest.fixture()
