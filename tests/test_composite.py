@@ -111,3 +111,12 @@ def test_an_image_without_alpha_needs_a_mask(model_dir, inputs, capsys):
     d, _ = inputs
     assert main(["composite", "--image", str(d / "ref.png"), "--model", model_dir, "--out", str(d / "x.png")]) == 2
     assert "no alpha channel: pass --mask" in capsys.readouterr().err
+
+
+def test_an_rgba_render_alone_is_placed_on_grey(model_dir, inputs):
+    d, rgb = inputs
+    rc = main(["composite", "--image", str(d / "obj.png"), "--t-in", "1", "--t-out", "1", "--steps", "2",
+               "--model", model_dir, "--out", str(d / "grey.png")])
+    assert rc == 0
+    out = np.asarray(Image.open(d / "grey.png")).astype(int)
+    assert np.abs(out[:4, :4] - 127).max() <= 1 and np.abs(out[12:20, 12:20] - rgb[12:20, 12:20]).max() <= 1

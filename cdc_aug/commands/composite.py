@@ -28,7 +28,9 @@ SWEEPABLE = {
 def register(sub, help_text: str) -> None:
     p = sub.add_parser("composite", help=help_text, description=__doc__.split("\n\n", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image", required=True, help="reference image (PNG/JPEG; RGBA: alpha is the default mask)")
+    p.add_argument("--image", required=True,
+                   help="reference image (PNG/JPEG); an RGBA image's alpha is the default mask, and it is "
+                        "placed on mid grey unless --background is given")
     p.add_argument("--mask", help="mask image, white = object (default: the image's alpha)")
     p.add_argument("--background", help="paste the RGBA --image onto this background first (object immersion)")
     p.add_argument("--out", required=True, help="output PNG (the grid when --sweep is given)")
@@ -121,6 +123,10 @@ def load_inputs(args):
             raise UserError("--background needs an RGBA --image (its alpha says where the object is)")
         bg = open_image(args.background, "--background").convert("RGB").resize(rgb.size, Image.LANCZOS)
         rgb = Image.composite(rgb, bg, alpha)
+    elif alpha is not None:
+        # a render on a transparent background: put it on mid grey, as `generate` does, so
+        # the colour hidden under alpha 0 does not leak in through the blurred mask
+        rgb = Image.composite(rgb, Image.new("RGB", rgb.size, (127, 127, 127)), alpha)
     if size:
         rgb = rgb.resize(size, Image.LANCZOS)
         mask = mask.resize(size, Image.BILINEAR)
