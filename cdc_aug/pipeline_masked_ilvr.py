@@ -39,7 +39,7 @@ RESAMPLING_SCHEDULERS = (DDIMScheduler, DDPMScheduler)
 def _as_list(x) -> list:
     if isinstance(x, list | tuple):
         return list(x)
-    if isinstance(x, torch.Tensor) and x.ndim == 4 or isinstance(x, np.ndarray) and x.ndim == 4:
+    if isinstance(x, torch.Tensor | np.ndarray) and x.ndim == 4:
         return list(x)
     return [x]
 
@@ -376,6 +376,8 @@ class MaskedILVRPipeline(DiffusionPipeline):
         # 4. Timesteps and initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        # K is the number of model calls; PNDM's PLMS warm-up adds one to the steps asked for.
+        num_steps = len(timesteps)
         alphas = self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
         shape = (batch, y0.shape[1], y0.shape[2], y0.shape[3])
         x = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
@@ -387,7 +389,7 @@ class MaskedILVRPipeline(DiffusionPipeline):
         kind = self.scheduler.config.prediction_type
 
         # 5. Denoising loop (with RePaint jumps where the plan has them)
-        plan = step_plan(num_inference_steps, resample_start if resample_start else 0.0, jump_length, jump_n_sample)
+        plan = step_plan(num_steps, resample_start, jump_length, jump_n_sample)
         with self.progress_bar(total=sum(1 for p in plan if p[0] == "step")) as progress:
             for entry in plan:
                 if entry[0] == "jump":
@@ -398,7 +400,7 @@ class MaskedILVRPipeline(DiffusionPipeline):
                     continue
                 k = entry[1]
                 t = timesteps[k]
-                mt = time_mask(stop, k, num_inference_steps, sigma)
+                mt = time_mask(stop, k, num_steps, sigma)
                 guided = bool(mt.max() > 0)
                 inpaint_cond = None
                 if inpaint_keep is not None:
@@ -411,7 +413,7 @@ class MaskedILVRPipeline(DiffusionPipeline):
                     out = _from_x0(x0, x, ab, kind)
                 x = self.scheduler.step(out, t, x, **step_kwargs, return_dict=False)[0].float()
                 if guided and space == "xt":
-                    if k + 1 < num_inference_steps:
+                    if k + 1 < num_steps:
                         # The level the step landed on, not one step noisier.
                         ab = alphas[timesteps[k + 1]]
                         noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
