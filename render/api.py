@@ -194,6 +194,9 @@ class _PoolResults:
 def _init_worker() -> None:
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # One core per worker: llvmpipe rasterises in the calling thread instead of starting
+    # a thread per core in every worker (N workers x N threads on N cores).
+    os.environ.setdefault("LP_NUM_THREADS", "0")
 
 
 def _render_task(task: tuple) -> dict:
