@@ -79,6 +79,9 @@ def render_dataset(out_dir: str | os.PathLike = "data/renders", source: str | No
     Resumes an interrupted run with the same parameters. Returns the index (index.json).
     """
     out = Path(out_dir)
+    for flag, path in (("--out", out), ("--shapes-dir", Path(shapes_dir) if shapes_dir else None)):
+        if path is not None and path.exists() and not path.is_dir():
+            raise UserError(f"{flag}: {path} exists and is not a directory")
     source = source or default_source()
     if categories is None:
         categories = PROCEDURAL_CATEGORIES if source == "procedural" else DEFAULT_CATEGORIES

@@ -95,7 +95,8 @@ def list_shapes(source: str, categories, max_shapes: int, seed: int, root: str |
         mine = [r for r in found if r.synset == syn]
         out.extend(_subset(mine, max_shapes, seed, syn))
     if not out:
-        raise UserError(f"no shapes of {categories} found for --source {source}"
+        names = ",".join(name for _, name in cats.resolve(categories))
+        raise UserError(f"--categories: no shapes of {names} found for --source {source}"
                         + (f" under {root}" if root else ""))
     return out
 

@@ -301,3 +301,11 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path, capsys):
     cfg.write_text("viewz: 3\n")
     assert cli_main(["render", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
     assert "--config: " in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_and_categories_without_shapes(tmp_path, shapenet, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert cli_main(["render", "--source", "procedural", "--out", str(tmp_path / "afile")]) == 2
+    assert "--out: " in capsys.readouterr().err
+    with pytest.raises(UserError, match="--categories: no shapes of sofa found for --source shapenet"):
+        render_dataset(tmp_path / "r", source="shapenet", root=shapenet, categories="sofa", **TINY)
