@@ -17,8 +17,8 @@ FOCAL_MM = 35.0
 SENSOR_MM = 32.0
 # DISN's camera distance. Its renders are of ShapeNetCore v1 models, whose bounding-box
 # diagonal is 1; scaling the distance by the shape's own diagonal makes the object fill
-# the frame as in those renders (about a third of the views still touch the border at
-# the near end of the range and are drawn again).
+# the frame as in those renders (on the default corpus about 1 % of the views touch the
+# border at the near end of the range and are drawn again).
 DISN_DISTANCE = 1.75
 
 
