@@ -126,7 +126,7 @@ def _run(out: Path, cfg: RenderConfig, refs: list[ShapeRef], overwrite: bool, pr
         bar.close()
         close = getattr(results, "close", None)
         if close:
-            close()
+            close()  # a generator: its finally shuts the pool down
         close_renderers()
     index = store.finalize(len(groups), extra={
         "shapes_dir": cfg.shapes_dir, "source": cfg.source, "num_shapes": len(refs), "views": cfg.views,
@@ -174,24 +174,65 @@ def _shard_samples(refs: list[ShapeRef], results: Iterator[dict], failures: list
 def _results(tasks: list[tuple], workers: int) -> Iterator[dict]:
     if workers <= 1 or len(tasks) <= 1:
         return (render_shape(*t) for t in tasks)
-    # spawn: a fresh interpreter per worker, so no OpenGL state is inherited through fork.
-    pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker)
-    return _PoolResults(pool, pool.imap(_render_task, tasks, chunksize=1))
+    return ordered_pool(_render_task, tasks, min(workers, len(tasks)), _crash_result)
 
 
-class _PoolResults:
-    def __init__(self, pool, it):
-        self.pool, self.it = pool, it
+def _crash_result(task: tuple, error: BaseException) -> dict:
+    ref = task[0]
+    return {"key": ref.key, "samples": [], "faces": 0, "seconds": 0.0,
+            "failure": {"reason": "renderer crashed", "detail": f"the worker process died ({error})",
+                        "source": ref.source, "path": ref.path, "entry": ref.entry}}
 
-    def __iter__(self):
-        return self
 
-    def __next__(self):
-        return next(self.it)
+def ordered_pool(fn, tasks: list, workers: int, on_crash) -> Iterator:
+    """``fn(task)`` for every task in ``workers`` spawned processes, results in task order.
 
-    def close(self):
-        self.pool.terminate()
-        self.pool.join()
+    A worker that dies (a segfault or out-of-memory kill in the OpenGL driver on some
+    mesh) breaks the whole pool; the task first in line is then run again alone in a
+    fresh pool, and ``on_crash(task, error)`` stands in for its result if that pool dies
+    too, so one poisonous shape is recorded instead of hanging or ending the run.
+    Callers must run under ``if __name__ == "__main__":`` (spawn re-imports __main__).
+    """
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no OpenGL state inherited through fork
+
+    def executor(n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker)
+
+    todo = iter(tasks)
+    pending: deque = deque()
+    pool = executor(workers)
+    try:
+        def fill() -> None:
+            while len(pending) < 2 * workers:
+                task = next(todo, None)
+                if task is None:
+                    return
+                pending.append((task, pool.submit(fn, task)))
+
+        fill()
+        while pending:
+            task, fut = pending.popleft()
+            try:
+                result = fut.result()
+            except BrokenProcessPool as e:
+                pool.shutdown(wait=True, cancel_futures=True)
+                alone = executor(1)
+                try:
+                    result = alone.submit(fn, task).result()
+                except BrokenProcessPool:
+                    result = on_crash(task, e)
+                finally:
+                    alone.shutdown(wait=True, cancel_futures=True)
+                pool = executor(workers)
+                pending = deque((t, pool.submit(fn, t)) for t, _ in pending)
+            yield result
+            fill()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _init_worker() -> None:

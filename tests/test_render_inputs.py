@@ -309,3 +309,16 @@ def test_out_that_is_a_file_and_categories_without_shapes(tmp_path, shapenet, ca
     assert "--out: " in capsys.readouterr().err
     with pytest.raises(UserError, match="--categories: no shapes of sofa found for --source shapenet"):
         render_dataset(tmp_path / "r", source="shapenet", root=shapenet, categories="sofa", **TINY)
+
+
+def _dies_on_three(task: int) -> int:
+    if task == 3:
+        os._exit(7)  # what a segfault in the GL driver looks like from outside
+    return task * 10
+
+
+def test_a_worker_that_dies_is_recorded_not_fatal():
+    from render.api import ordered_pool
+
+    out = list(ordered_pool(_dies_on_three, list(range(6)), 2, lambda task, err: ("crashed", task)))
+    assert out == [0, 10, 20, ("crashed", 3), 40, 50]
