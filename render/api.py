@@ -77,6 +77,7 @@ def render_dataset(out_dir: str | os.PathLike = "data/renders", source: str | No
     "shapenet" (with ``root``) or "procedural". ``categories``: names or synset ids.
     ``max_shapes``: per category, 0 = all. Other options: see ``RenderConfig``.
     Resumes an interrupted run with the same parameters. Returns the index (index.json).
+    ``workers`` > 1 spawns processes: call it under ``if __name__ == "__main__":``.
     """
     out = Path(out_dir)
     for flag, path in (("--out", out), ("--shapes-dir", Path(shapes_dir) if shapes_dir else None)):
