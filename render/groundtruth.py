@@ -29,16 +29,19 @@ def winding_inside(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     return w > 0.5
 
 
-def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    """Negative inside, positive outside (cdc_aug.layout)."""
+def unsigned_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     import igl
 
     V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
-    q = np.ascontiguousarray(points, dtype=np.float64)
-    d2 = igl.point_mesh_squared_distance(q, V, F)[0]
-    d = np.sqrt(np.maximum(d2, 0.0))
-    return np.where(winding_inside(mesh, q), -d, d)
+    d2 = igl.point_mesh_squared_distance(np.ascontiguousarray(points, dtype=np.float64), V, F)[0]
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """Negative inside, positive outside (cdc_aug.layout)."""
+    d = unsigned_distance(mesh, points)
+    return np.where(winding_inside(mesh, points), -d, d)
 
 
 def compute(mesh: trimesh.Trimesh, seed: int, surface_points: int = 100_000, sdf_points: int = 32_768,
@@ -56,9 +59,11 @@ def compute(mesh: trimesh.Trimesh, seed: int, surface_points: int = 100_000, sdf
     half = 0.5 + PADDING / 2
     uniform = rng.uniform(-half, half, size=(n_uniform, 3))
     q = np.concatenate([near, uniform])
-    sdf = signed_distance(mesh, q)
     occ = rng.uniform(-half, half, size=(occ_points, 3))
-    labels = winding_inside(mesh, occ)
+    # one winding-number pass for both point sets: the tree over the mesh is built once
+    inside = winding_inside(mesh, np.concatenate([q, occ]))
+    sdf = np.where(inside[: len(q)], -1.0, 1.0) * unsigned_distance(mesh, q)
+    labels = inside[len(q):]
     return {
         "sdf_samples": np.concatenate([q, sdf[:, None]], axis=1).astype(np.float32),
         "surface_points": pts.astype(np.float32),
