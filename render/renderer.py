@@ -106,11 +106,19 @@ class Renderer:
         self._scene = scene
 
     def render(self, camera: Camera, lighting: Lighting = Lighting()) -> Views:
+        return self.render_krt(camera.K, camera.RT, lighting)
+
+    def render_krt(self, K: np.ndarray, RT: np.ndarray, lighting: Lighting = Lighting()) -> Views:
+        """Render with any OpenCV camera (``K`` 3x3, ``RT`` 3x4 world->camera), e.g. the
+        one stored in a sample's camera.json."""
         pr, scene = self._pr, self._scene
-        f = camera.focal_px
-        c = camera.size / 2.0  # pyrender's pixel centres sit at +0.5 (see cameras.py)
-        self._cam_node.camera = pr.IntrinsicsCamera(f, f, c, c, znear=0.01, zfar=100.0)
-        pose = camera.gl_pose()
+        K, RT = np.asarray(K, dtype=np.float64), np.asarray(RT, dtype=np.float64)
+        # pyrender measures cx, cy from the image's top-left corner, pixel centres at +0.5
+        self._cam_node.camera = pr.IntrinsicsCamera(K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5,
+                                                    znear=0.01, zfar=100.0)
+        pose = np.eye(4)
+        pose[:3, :3] = RT[:, :3].T @ np.diag([1.0, -1.0, -1.0])
+        pose[:3, 3] = -RT[:, :3].T @ RT[:, 3]
         scene.set_pose(self._cam_node, pose)
         rig = [(lighting.key, lighting.key_azimuth, lighting.key_elevation),
                (lighting.fill, 50.0, 10.0),
@@ -134,18 +142,17 @@ class Renderer:
             self._normal_node.mesh.is_visible = True
             ncol, _ = self._r.render(scene, flags=pr.RenderFlags.FLAT)
             self._normal_node.mesh.is_visible = False
-            normal = _camera_normals(ncol[..., :3], mask, camera)
+            normal = _camera_normals(ncol[..., :3], mask, K, RT)
         return Views(rgba=rgba, depth=np.where(mask, depth, 0).astype(np.float32), normal=normal)
 
 
-def _camera_normals(encoded: np.ndarray, mask: np.ndarray, camera: Camera) -> np.ndarray:
+def _camera_normals(encoded: np.ndarray, mask: np.ndarray, K: np.ndarray, RT: np.ndarray) -> np.ndarray:
     """Decode world normals, rotate them into the OpenCV camera frame and turn them to
     face the camera (open meshes often have inconsistently wound faces). Only the
     object's pixels are touched: this runs once per view."""
     v, u = np.nonzero(mask)
     n = encoded[v, u].astype(np.float32) / 127.5 - 1.0
-    n = n @ camera.RT[:, :3].T.astype(np.float32)
-    K = camera.K
+    n = n @ RT[:, :3].T.astype(np.float32)
     rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones(len(u))], axis=1)
     flip = (n * rays).sum(axis=1) > 0
     n[flip] *= -1
@@ -153,6 +160,21 @@ def _camera_normals(encoded: np.ndarray, mask: np.ndarray, camera: Camera) -> np
     out = np.zeros((*mask.shape, 3), dtype=np.float32)
     out[v, u] = n
     return out
+
+
+def render_mask(mesh, K, RT, size: int, renderer: Renderer | None = None) -> np.ndarray:
+    """Silhouette (bool, size x size) of a trimesh ``mesh`` seen by an OpenCV camera, as
+    the render stage draws its masks (for 2D IoU against a sample's mask.png). Pass a
+    ``renderer`` of that size to reuse it across calls."""
+    from .meshes import Normalized
+
+    r = renderer or Renderer(size)
+    try:
+        r.load(Normalized([mesh], np.zeros(3), 1.0), normals=False)
+        return r.render_krt(K, RT).depth > 0
+    finally:
+        if renderer is None:
+            r.close()
 
 
 def encode_normals(normal: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -179,3 +179,20 @@ def test_random_lighting_changes_shading_not_geometry(tmp_path):
         assert np.abs(x["rgba.png"].astype(int) - y["rgba.png"]).max() > 10
         lit = x["rgba.png"][..., :3][x["mask.png"] > 0]
         assert lit.mean() > 40  # the studio rig shows the shape; pyrender's default leaves it near black
+
+
+def test_render_mask_with_stored_camera_reproduces_the_sample_mask(rendered):
+    from render.renderer import render_mask
+    from render.sources import list_shapes, load
+
+    out, _ = rendered
+    refs = {r.key: r for r in list_shapes("procedural", ("chair", "table", "lamp"), 3, 0)}
+    for s in list(_samples(out))[::4]:
+        meta, cam = s["meta.json"], s["camera.json"]
+        mesh = load(refs[shape_key(meta["synset"], meta["model_id"])], out).merged()
+        mask = render_mask(mesh, cam["K"], cam["RT"], 64)
+        np.testing.assert_array_equal(mask, s["mask.png"] > 0)
+        # and a camera moved sideways does not
+        RT = np.array(cam["RT"])
+        RT[0, 3] += 0.1
+        assert not np.array_equal(render_mask(mesh, cam["K"], RT, 64), mask)
