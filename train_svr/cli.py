@@ -1,0 +1,70 @@
+"""``cdc-aug train``: LightningCLI over SVRModule and SVRDataModule.
+
+Besides Lightning's own flags: ``--name`` (runs go to ``<runs_dir>/<name>``: TensorBoard
+and CSV logs, config.yaml, checkpoints/), ``--runs_dir`` and ``--ckpt_path`` (a checkpoint
+to resume from, or ``last``). Precision, when not given, is bf16-mixed on GPUs that
+support it, 16-mixed on other GPUs and 32-true on CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from .datamodule import SVRDataModule
+from .module import SVRModule
+
+
+def default_precision(accelerator) -> str:
+    on_gpu = torch.cuda.is_available() and str(accelerator) in ("auto", "gpu", "cuda")
+    if not on_gpu:
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+class SVRCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--name", type=str, default="svr", help="run name: logs and checkpoints in runs_dir/name")
+        parser.add_argument("--runs_dir", type=str, default="runs", help="directory holding the runs")
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="resume from this checkpoint, or 'last' for the run's last one")
+        parser.link_arguments("data.image_size", "model.image_size")
+
+    def instantiate_trainer(self, **kwargs):
+        cfg = self.config_init
+        run_dir = Path(cfg["runs_dir"]) / cfg["name"]
+        trainer_cfg = cfg.get("trainer", {})
+        if trainer_cfg.get("logger") is None:
+            kwargs["logger"] = [TensorBoardLogger(str(run_dir), name="", version="tensorboard"),
+                                CSVLogger(str(run_dir), name="", version="csv")]
+        if trainer_cfg.get("precision") is None:
+            kwargs["precision"] = default_precision(trainer_cfg.get("accelerator", "auto"))
+        if trainer_cfg.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(run_dir)
+        trainer = super().instantiate_trainer(**kwargs)
+        for c in trainer.callbacks:
+            if isinstance(c, ModelCheckpoint) and c.dirpath is None:
+                c.dirpath = str(run_dir / "checkpoints")
+                c.save_last = True
+        return trainer
+
+
+def build_cli(argv: list[str]) -> SVRCLI:
+    return SVRCLI(SVRModule, SVRDataModule, args=argv, run=False, seed_everything_default=0,
+                  save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+                  parser_kwargs={"prog": "cdc-aug train"})
+
+
+def main(argv: list[str]) -> int:
+    """Parse, check every input, train. Returns the exit code (2 for a bad flag or key)."""
+    try:
+        cli = build_cli(list(argv))
+    except SystemExit as e:  # --help, or jsonargparse's own one-line error
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+    ckpt = cli.config_init.get("ckpt_path")
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    return 0

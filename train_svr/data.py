@@ -1,0 +1,341 @@
+"""Training samples from render shards or generate runs, joined with the per-shape h5
+ground truth, and the loaders that split them across nodes, ranks and workers.
+
+A sample for the model: the input image (``input_image``), its camera rescaled to the
+training resolution, the mask, and - for render samples - the normal and depth maps the
+Laplacian loss needs. Generate runs carry no normals or depth: their samples get
+``has_detail = 0`` and the Laplacian term skips them (the SDF losses still apply).
+
+Splitting: the train samples of a shard set, in shard order, are cut into
+``world_size * num_workers`` contiguous blocks, one per (rank, worker), so each worker
+reads about 1/(world*workers) of the shards. An epoch has a fixed length (the train
+sample count unless ``epoch_samples`` says otherwise) divided among ranks and then workers,
+so steps per epoch do not multiply with either; when the length divides evenly each
+sample is seen exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from cdc_aug.errors import UserError
+from cdc_aug.layout import read_splits, shape_file, shapes_dir, split_of_key
+from cdc_aug.samples import decode_field
+from cdc_aug.shards import iter_tar_samples, read_index, shard_paths
+
+from .geometry import resize_intrinsics
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def input_image(sample: dict) -> np.ndarray:
+    """The SVR input, HxWx3 uint8: ``image.png`` (a generate run's composite) if present,
+    else ``rgba.png`` composited over white. Fields may be raw bytes or decoded arrays."""
+    for name in ("image.png", "rgba.png"):
+        if name in sample:
+            arr = sample[name]
+            arr = decode_field(name, arr) if isinstance(arr, (bytes, bytearray)) else np.asarray(arr)
+            break
+    else:
+        raise KeyError(f"sample {sample.get('__key__')!r} has neither image.png nor rgba.png")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, -1)
+    if arr.shape[-1] == 4:
+        a = arr[..., 3:4].astype(np.float32) / 255.0
+        rgb = arr[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
+        return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr[..., :3]).astype(np.uint8)
+
+
+def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
+    """HxWx3 uint8 -> (3, size, size) float, ImageNet-normalised."""
+    im = Image.fromarray(image)
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    x = (np.asarray(im, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(x.transpose(2, 0, 1).copy())
+
+
+def camera_tensors(camera: dict, image_hw: tuple[int, int], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, RT) as float32 tensors for the image resampled to ``size`` x ``size``."""
+    hw = tuple(camera.get("image_size", image_hw))
+    K = resize_intrinsics(np.asarray(camera["K"], dtype=np.float64), hw, (size, size))
+    RT = np.asarray(camera["RT"], dtype=np.float64)
+    if K.shape != (3, 3) or RT.shape != (3, 4):
+        raise ValueError(f"camera.json: K must be 3x3 and RT 3x4, got {K.shape} and {RT.shape}")
+    return torch.from_numpy(K).float(), torch.from_numpy(RT).float()
+
+
+def _resize_nearest(arr: np.ndarray, size: int) -> np.ndarray:
+    if arr.shape[0] == size and arr.shape[1] == size:
+        return arr
+    ys = (np.arange(size) * arr.shape[0] / size).astype(int)
+    xs = (np.arange(size) * arr.shape[1] / size).astype(int)
+    return arr[ys][:, xs]
+
+
+class GroundTruth:
+    """Per-process cache of open h5 shape files (a forked worker reopens its own)."""
+
+    def __init__(self, root: Path, max_open: int = 64):
+        self.root = Path(root)
+        self.max_open = max_open
+        self._files: OrderedDict[str, object] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __getstate__(self):
+        return {"root": self.root, "max_open": self.max_open}
+
+    def __setstate__(self, state):
+        self.__init__(state["root"], state["max_open"])
+
+    def file(self, synset: str, model_id: str):
+        import h5py
+
+        if self._pid != os.getpid():
+            self._files.clear()
+            self._pid = os.getpid()
+        path = str(shape_file(self.root, synset, model_id))
+        f = self._files.pop(path, None)
+        if f is None:
+            f = h5py.File(path, "r")
+            if len(self._files) >= self.max_open:
+                self._files.popitem(last=False)[1].close()
+        self._files[path] = f
+        return f
+
+
+def balanced_points(sdf_samples: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` SDF samples, half inside (sdf < 0) and half outside, drawn with replacement
+    only when a side has too few."""
+    inside = np.flatnonzero(sdf_samples[:, 3] < 0)
+    outside = np.flatnonzero(sdf_samples[:, 3] >= 0)
+    if len(inside) == 0 or len(outside) == 0:
+        pick = rng.choice(len(sdf_samples), n, replace=len(sdf_samples) < n)
+    else:
+        half = n // 2
+        pick = np.concatenate([rng.choice(inside, half, replace=len(inside) < half),
+                               rng.choice(outside, n - half, replace=len(outside) < n - half)])
+    s = sdf_samples[pick]
+    return s[:, :3].astype(np.float32), s[:, 3].astype(np.float32)
+
+
+def make_example(raw: dict, gt: GroundTruth, size: int, points: int, rng: np.random.Generator,
+                 surface_points: int = 0) -> dict:
+    """One model input from one raw (bytes) sample."""
+    meta = decode_field("meta.json", raw["meta.json"])
+    camera = decode_field("camera.json", raw["camera.json"])
+    image = input_image(raw)
+    K, RT = camera_tensors(camera, image.shape[:2], size)
+    mask = decode_field("mask.png", raw["mask.png"]) if "mask.png" in raw else np.full(image.shape[:2], 255, np.uint8)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    out = {
+        "key": raw["__key__"],
+        "image": image_tensor(image, size),
+        "K": K,
+        "RT": RT,
+        "mask": torch.from_numpy((_resize_nearest(mask, size) > 127).astype(np.float32))[None],
+    }
+    if "normal.png" in raw and "depth.npy" in raw:
+        nrm = decode_field("normal.png", raw["normal.png"])[..., :3].astype(np.float32) / 127.5 - 1.0
+        nrm = np.where((mask > 127)[..., None], nrm, 0.0)
+        depth = decode_field("depth.npy", raw["depth.npy"]).astype(np.float32)
+        out["normal"] = torch.from_numpy(_resize_nearest(nrm, size).transpose(2, 0, 1).copy())
+        out["depth"] = torch.from_numpy(_resize_nearest(depth, size).copy())[None]
+        out["has_detail"] = torch.tensor(1.0)
+    else:
+        out["normal"] = torch.zeros(3, size, size)
+        out["depth"] = torch.zeros(1, size, size)
+        out["has_detail"] = torch.tensor(0.0)
+    f = gt.file(meta["synset"], meta["model_id"])
+    xyz, sdf = balanced_points(f["sdf_samples"][:], points, rng)
+    out["points"], out["sdf"] = torch.from_numpy(xyz), torch.from_numpy(sdf)
+    if surface_points:
+        surf = f["surface_points"][:]
+        idx = rng.choice(len(surf), min(surface_points, len(surf)), replace=False)
+        out["surface"] = torch.from_numpy(surf[np.sort(idx)].astype(np.float32))
+    return out
+
+
+@dataclass
+class ShardSet:
+    """The samples of one split in one render directory or generate run."""
+
+    root: Path
+    shapes: Path
+    items: list[tuple[Path, str]]  # (shard path, key), in shard order
+
+    @property
+    def shards(self) -> list[Path]:
+        return list(dict.fromkeys(p for p, _ in self.items))
+
+
+def _shard_keys(path: Path) -> list[str]:
+    side = path.with_name(path.name + ".json")
+    if side.exists():
+        try:
+            return list(json.loads(side.read_text())["keys"])
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return [s["__key__"] for s in iter_tar_samples(path)]
+
+
+def open_shard_set(root: str | Path, split: str, check_shapes: bool = True) -> ShardSet:
+    """Index one shard directory's ``split``; every problem is a one-line UserError."""
+    root = Path(root)
+    index = read_index(root)
+    splits = read_splits(root)
+    if split not in splits:
+        raise UserError(f"{root / 'splits.json'}: no split named {split!r} (has {', '.join(sorted(splits))})")
+    wanted = set(splits[split])
+    paths = shard_paths(root)
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise UserError(f"{missing[0]}: missing ({len(missing)} of {len(paths)} shards listed in "
+                        f"{root / 'index.json'} are absent)")
+    items = [(p, k) for p in paths for k in _shard_keys(p) if split_of_key(k) in wanted]
+    if not items:
+        raise UserError(f"{root}: the {split!r} split has no samples ({len(wanted)} shapes in splits.json, "
+                        f"{index.get('num_samples', '?')} samples in the shards)")
+    shapes = shapes_dir(root)
+    if check_shapes:
+        seen = set()
+        for _, k in items:
+            shape = split_of_key(k)
+            if shape in seen:
+                continue
+            seen.add(shape)
+            synset, model_id = shape.split("_", 1)
+            if not shape_file(shapes, synset, model_id).exists():
+                raise UserError(f"{shape_file(shapes, synset, model_id)}: shape file missing (ground truth of "
+                                f"{shape}, a {split!r} shape of {root})")
+    return ShardSet(root, shapes, items)
+
+
+def _split_range(n: int, parts: int, i: int) -> tuple[int, int]:
+    return i * n // parts, (i + 1) * n // parts
+
+
+class ShardStream(IterableDataset):
+    """Training samples for one (rank, worker), a fixed number per epoch (see module doc).
+
+    ``rank`` and ``world_size`` are set by the data module in the main process; the
+    worker index comes from the DataLoader. ``epoch`` is set before each epoch's iterator
+    is created, so shuffles differ per epoch and are reproducible.
+    """
+
+    def __init__(self, sets: list[ShardSet], weights: list[float], image_size: int, points: int,
+                 epoch_samples: int, seed: int = 0, shuffle_buffer: int = 64):
+        self.sets, self.image_size, self.points = sets, image_size, points
+        w = np.asarray(weights, dtype=np.float64)
+        self.weights = w / w.sum()
+        self.epoch_samples, self.seed, self.shuffle_buffer = epoch_samples, seed, shuffle_buffer
+        self.rank, self.world_size, self.epoch = 0, 1, 0
+        self.gts = [GroundTruth(s.shapes) for s in sets]
+
+    def slot(self) -> tuple[int, int, int, int]:
+        info = get_worker_info()
+        nw, wid = (info.num_workers, info.id) if info is not None else (1, 0)
+        return self.rank * nw + wid, self.world_size * nw, wid, nw
+
+    def quota(self) -> int:
+        """Samples this worker yields this epoch."""
+        _, _, wid, nw = self.slot()
+        per_rank = math.ceil(self.epoch_samples / self.world_size)
+        lo, hi = _split_range(per_rank, nw, wid)
+        return hi - lo
+
+    def _raw(self, s: int, rng: np.random.Generator):
+        """Endless raw samples of set ``s``'s block for this slot, reshuffled each pass."""
+        slot, nslots, _, _ = self.slot()
+        items = self.sets[s].items
+        if len(items) >= nslots:
+            lo, hi = _split_range(len(items), nslots, slot)
+            block = items[lo:hi]
+        else:  # fewer samples than slots: some are repeated, none is left out
+            block = [items[slot % len(items)]]
+        by_shard: dict[Path, set[str]] = {}
+        for p, k in block:
+            by_shard.setdefault(p, set()).add(k)
+        shards = list(by_shard)
+        while True:
+            buf: list[dict] = []
+            for j in rng.permutation(len(shards)):
+                keys = by_shard[shards[j]]
+                for raw in iter_tar_samples(shards[j]):
+                    if raw["__key__"] not in keys:
+                        continue
+                    buf.append(raw)
+                    if len(buf) >= self.shuffle_buffer:
+                        yield buf.pop(int(rng.integers(len(buf))))
+            while buf:
+                yield buf.pop(int(rng.integers(len(buf))))
+
+    def __iter__(self):
+        slot, _, _, _ = self.slot()
+        rng = np.random.default_rng([self.seed, self.epoch, slot])
+        streams = [self._raw(s, np.random.default_rng([self.seed, self.epoch, slot, s]))
+                   for s in range(len(self.sets))]
+        for _ in range(self.quota()):
+            s = int(rng.choice(len(self.sets), p=self.weights)) if len(self.sets) > 1 else 0
+            yield make_example(next(streams[s]), self.gts[s], self.image_size, self.points, rng)
+
+
+def load_examples(shard_set: ShardSet, max_shapes: int, image_size: int, points: int, surface_points: int,
+                  seed: int = 0) -> list[dict]:
+    """The first view of up to ``max_shapes`` shapes of a set (for validation), decoded."""
+    first: dict[str, tuple[Path, str]] = {}
+    for p, k in sorted(shard_set.items, key=lambda it: it[1]):
+        first.setdefault(split_of_key(k), (p, k))
+    chosen = [first[s] for s in sorted(first)[:max_shapes]]
+    want = {k for _, k in chosen}
+    gt = GroundTruth(shard_set.shapes)
+    out = []
+    for shard in dict.fromkeys(p for p, _ in chosen):
+        for raw in iter_tar_samples(shard):
+            if raw["__key__"] in want:
+                rng = np.random.default_rng([seed, len(out)])
+                out.append(make_example(raw, gt, image_size, points, rng, surface_points))
+    return sorted(out, key=lambda e: e["key"])
+
+
+def parse_shards(shards: str | list[str], weights: list[float] | None) -> tuple[list[str], list[float]]:
+    """``shards`` as one directory, a list, or ``dir:weight`` entries; -> (dirs, weights)."""
+    items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    if not items:
+        raise UserError("--data.shards: give at least one render or generate directory")
+    dirs, inline = [], []
+    for it in items:
+        text = str(it)
+        head, sep, tail = text.rpartition(":")
+        if sep and head and not Path(text).exists():
+            try:
+                inline.append(float(tail))
+                dirs.append(head)
+                continue
+            except ValueError:
+                pass
+        dirs.append(text)
+        inline.append(1.0)
+    w = list(weights) if weights is not None else inline
+    if len(w) != len(dirs):
+        raise UserError(f"--data.weights: {len(w)} weights for {len(dirs)} shard directories")
+    if any(x < 0 for x in w) or sum(w) <= 0:
+        raise UserError(f"--data.weights: must be >= 0 with a positive sum, got {w}")
+    return dirs, [float(x) for x in w]
+
