@@ -1,0 +1,1 @@
+"""Training the small pixel-space diffusion model that ships as the default."""

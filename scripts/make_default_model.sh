@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Reproduce the bundled default diffusion model (cdc_aug/default_model) from licensed
+# photographs: Debian's mate-backgrounds nature photos (GPL-2+) and four scikit-image
+# sample photos (see cdc_aug/default_model/MODEL_CARD.md). Two photos are held out for
+# bench/default_model_quality.py.
+#   bash scripts/make_default_model.sh [extra cdc-aug pretrain flags, e.g. --max-minutes 72]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh >/dev/null
+PHOTOS=data/photos
+HELDOUT=(Storm.jpg Garden.jpg)
+mkdir -p "$PHOTOS/train" "$PHOTOS/heldout"
+for f in /usr/share/backgrounds/mate/nature/*.jpg; do
+    name=$(basename "$f")
+    if [[ " ${HELDOUT[*]} " == *" $name "* ]]; then cp -n "$f" "$PHOTOS/heldout/"; else cp -n "$f" "$PHOTOS/train/"; fi
+done
+.venv/bin/python - <<'PY'
+from pathlib import Path
+from PIL import Image
+import skimage.data as d
+for name in ("coffee", "chelsea", "rocket", "astronaut"):
+    p = Path("data/photos/train") / f"skimage-{name}.png"
+    if not p.exists():
+        Image.fromarray(getattr(d, name)()).save(p)
+PY
+OMP_NUM_THREADS=1 .venv/bin/cdc-aug pretrain --images "$PHOTOS/train" --out runs/pretrain-default \
+    --size 64 --channels 32,64,128 --batch-size 16 --lr 3e-4 --threads 1 --seed 0 \
+    --sample-every 250 --checkpoint-every 100 "$@"
+rm -rf cdc_aug/default_model.new
+cp -r runs/pretrain-default/model cdc_aug/default_model.new
+cp cdc_aug/default_model/MODEL_CARD.md cdc_aug/default_model.new/ 2>/dev/null || true
+rm -rf cdc_aug/default_model && mv cdc_aug/default_model.new cdc_aug/default_model
+echo "default model written to cdc_aug/default_model"
