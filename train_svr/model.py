@@ -29,6 +29,12 @@ class CoarseDecoder(nn.Module):
         self.l2 = nn.Linear(dims[1] + 3, dims[2])
         self.rest = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[2:], dims[3:]))
         self.out = nn.Linear(dims[-1], 1)
+        # He init keeps activations from shrinking through seven layers: with PyTorch's
+        # default init the output starts near zero and training sat on a plateau.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, a=0.02, nonlinearity="leaky_relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, latent: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
         """latent (B, L), xyz (B, N, 3) -> (B, N)."""
