@@ -27,10 +27,16 @@ class Stage:
     name: str
     argv: list[str]
     output: Path
-    done_file: Path | None  # the stage is complete when this exists (None: always run)
+    done_file: Path | None  # what the stage leaves behind (None: the stage always runs)
+    resume_argv: list[str] | None = None  # appended when a previous attempt left done_file behind
 
-    def is_done(self) -> bool:
-        return self.done_file is not None and self.done_file.exists()
+    def marker(self, runs: Path) -> Path:
+        return runs / "logs" / (self.name.replace(" ", "_") + ".done")
+
+    def is_done(self, runs: Path) -> bool:
+        # The marker is written only after the command succeeded: a killed stage whose
+        # output file already exists (a mid-training checkpoint) is not taken as done.
+        return self.done_file is not None and self.done_file.exists() and self.marker(runs).exists()
 
 
 def tag(t: float) -> str:
@@ -101,15 +107,16 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
     train_config = t.get("config", "configs/train/tiny.yaml")
     extra = [str(a) for a in t.get("args", [])]
     for dom, path in domains.items():
-        run_dir = runs / f"svr-{dom}"
+        run_name = f"svr-{dom}"
+        run_dir = runs / run_name
         shards = [str(path)]
         if dom != "clean" and t.get("mix_clean", False):
             shards.append(str(renders))
-        argv = ["train", "fit", "--config", train_config, "--seed_everything", str(seed),
-                "--trainer.default_root_dir", str(run_dir), "--data.shards", ",".join(shards), *extra]
-        ckpt = run_dir / "final.ckpt"
-        stages.append(Stage(f"train svr-{dom}", argv, run_dir, ckpt))
-        models[f"svr-{dom}"] = ckpt
+        argv = ["train", "--config", train_config, "--seed_everything", str(seed), "--runs_dir", str(runs),
+                "--name", run_name, "--data.shards", "[" + ",".join(shards) + "]", *extra]
+        last = run_dir / "checkpoints" / "last.ckpt"
+        stages.append(Stage(f"train {run_name}", argv, run_dir, last, resume_argv=["--ckpt_path", str(last)]))
+        models[run_name] = last
 
     eval_dirs = []
     for model, ckpt in models.items():
@@ -133,7 +140,7 @@ def run_experiment(path: str | Path, dry_run: bool = False, log=print) -> int:
     runs = Path(cfg.get("runs_root", f"runs/{cfg['name']}"))
     if dry_run:
         for s in stages:
-            log(f"{'done' if s.is_done() else 'todo'}  {s.name}: cdc-aug {' '.join(s.argv)}")
+            log(f"{'done' if s.is_done(runs) else 'todo'}  {s.name}: cdc-aug {' '.join(s.argv)}")
         return 0
     write_config(runs, cfg, name="experiment.yaml")
     logs = runs / "logs"
@@ -142,20 +149,26 @@ def run_experiment(path: str | Path, dry_run: bool = False, log=print) -> int:
     timings = []
     for i, s in enumerate(stages, 1):
         prefix = f"[{i}/{len(stages)}] {s.name}"
-        if s.is_done():
+        if s.is_done(runs):
             log(f"{prefix}: done before, skipped")
             timings.append((s.name, 0.0, "skipped"))
             continue
         logfile = logs / (s.name.replace(" ", "_") + ".log")
+        argv = list(s.argv)
+        if s.resume_argv and s.done_file is not None and s.done_file.exists():
+            argv += s.resume_argv
         t0 = time.monotonic()
-        with open(logfile, "w") as fh:
-            proc = subprocess.run([sys.executable, "-m", "cdc_aug", *s.argv], stdout=fh, stderr=subprocess.STDOUT,
+        with open(logfile, "a") as fh:
+            fh.write(f"$ cdc-aug {' '.join(argv)}\n")
+            fh.flush()
+            proc = subprocess.run([sys.executable, "-m", "cdc_aug", *argv], stdout=fh, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         dt = time.monotonic() - t0
         if proc.returncode != 0 or (s.done_file is not None and not s.done_file.exists()):
             tail = "".join(logfile.read_text(errors="replace").splitlines(True)[-15:])
             log(f"{prefix}: FAILED after {dt:.0f}s (exit {proc.returncode}); log {logfile}:\n{tail}")
             return 1
+        s.marker(runs).write_text(f"{dt:.1f}\n")
         log(f"{prefix}: ok in {dt:.0f}s -> {s.output}")
         timings.append((s.name, dt, "ran"))
     total = time.monotonic() - t_all
