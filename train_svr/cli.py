@@ -8,12 +8,15 @@ support it, 16-mixed on other GPUs and 32-true on CPU.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from cdc_aug.errors import UserError
 
 from .datamodule import SVRDataModule
 from .module import SVRModule
@@ -40,7 +43,8 @@ class SVRCLI(LightningCLI):
         trainer_cfg = cfg.get("trainer", {})
         if trainer_cfg.get("logger") is None:
             kwargs["logger"] = [TensorBoardLogger(str(run_dir), name="", version="tensorboard"),
-                                CSVLogger(str(run_dir), name="", version="csv")]
+                                # a new version_N per run: a resumed run must not overwrite the CSV
+                                CSVLogger(str(run_dir), name="csv")]
         if trainer_cfg.get("precision") is None:
             kwargs["precision"] = default_precision(trainer_cfg.get("accelerator", "auto"))
         if trainer_cfg.get("default_root_dir") is None:
@@ -56,15 +60,22 @@ class SVRCLI(LightningCLI):
 def build_cli(argv: list[str]) -> SVRCLI:
     return SVRCLI(SVRModule, SVRDataModule, args=argv, run=False, seed_everything_default=0,
                   save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-                  parser_kwargs={"prog": "cdc-aug train"})
+                  parser_kwargs={"prog": "cdc-aug train", "exit_on_error": False})
 
 
 def main(argv: list[str]) -> int:
     """Parse, check every input, train. Returns the exit code (2 for a bad flag or key)."""
-    try:
-        cli = build_cli(list(argv))
-    except SystemExit as e:  # --help, or jsonargparse's own one-line error
-        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+    from jsonargparse import ArgumentError
+
+    with warnings.catch_warnings():
+        # cdc-aug passes the arguments explicitly; the warning about sys.argv is noise here
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        try:
+            cli = build_cli(list(argv))
+        except ArgumentError as e:  # an unknown key, a bad value: one line, not the whole usage
+            raise UserError(" ".join(str(e).split())) from None
+        except SystemExit as e:  # --help
+            return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
     ckpt = cli.config_init.get("ckpt_path")
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     return 0

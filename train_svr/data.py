@@ -293,7 +293,9 @@ class ShardStream(IterableDataset):
                    for s in range(len(self.sets))]
         for _ in range(self.quota()):
             s = int(rng.choice(len(self.sets), p=self.weights)) if len(self.sets) > 1 else 0
-            yield make_example(next(streams[s]), self.gts[s], self.image_size, self.points, rng)
+            example = make_example(next(streams[s]), self.gts[s], self.image_size, self.points, rng)
+            example["set"] = s
+            yield example
 
 
 def load_examples(shard_set: ShardSet, max_shapes: int, image_size: int, points: int, surface_points: int,

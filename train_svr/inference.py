@@ -53,7 +53,8 @@ def mesh_from_sdf(sdf: np.ndarray) -> trimesh.Trimesh:
     step = 2 * BOUND / (r - 1)
     padded = np.pad(np.nan_to_num(sdf, nan=1.0), 1, constant_values=max(float(np.nanmax(sdf)), 1e-3))
     verts, faces, _, _ = marching_cubes(padded, level=0.0, spacing=(step, step, step), gradient_direction="descent")
-    verts = verts - step - BOUND
+    # the padding layer lies one step outside the box; keep vertices on the box
+    verts = np.clip(verts - step - BOUND, -BOUND, BOUND)
     return trimesh.Trimesh(verts, faces, process=True)
 
 
