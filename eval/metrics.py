@@ -1,0 +1,143 @@
+"""Occupancy Networks' (im2mesh) reconstruction metrics, vectorised.
+
+Shapes live in the unit cube [-0.5, 0.5]^3 (cdc_aug.layout), so the numbers are comparable
+with that literature. Definitions (pred = points sampled on the prediction, gt = the shape
+file's surface points):
+
+- accuracy: mean distance from each pred point to its nearest gt point;
+- completeness: mean distance from each gt point to its nearest pred point;
+- chamfer_l1 = (accuracy + completeness) / 2; chamfer_l2 = mean of the squared ones, halved;
+- precision@t / recall@t: fraction of pred (gt) points within t of the other set;
+  fscore@t = 2PR / (P + R) (0 when both are 0);
+- normal_consistency: mean |n_pred . n_gt(nearest)| over pred and over gt, averaged; the
+  absolute value because reconstruction methods do not orient their faces consistently;
+- iou_3d: intersection over union of inside/outside at the shape file's occupancy points.
+
+An empty prediction (no faces or zero area) is scored as im2mesh scores it: accuracy and
+completeness sqrt(3) (the diagonal of the unit cube, the worst possible distance), so
+chamfer_l1 = sqrt(3) and chamfer_l2 = 3; normal consistency -1 (im2mesh's
+EMPTY_PCL_DICT_NORMALS, below any real value, which lies in [0, 1]); precision, recall,
+F-score and IoU 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import trimesh
+from scipy.spatial import cKDTree
+
+THRESHOLDS = (0.01, 0.02)
+EMPTY_DISTANCE = float(np.sqrt(3.0))
+EMPTY_NORMAL_CONSISTENCY = -1.0
+
+
+def _as_points(a, name: str) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{name}: expected (N, 3), got {arr.shape}")
+    return arr
+
+
+def _unit(n: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    return n / np.maximum(norm, 1e-12)
+
+
+def _key(t: float) -> str:
+    return f"{t:g}"
+
+
+def empty_scores(thresholds=THRESHOLDS, with_normals: bool = True) -> dict:
+    """The scores of an empty prediction (see the module docstring)."""
+    out = {"accuracy": EMPTY_DISTANCE, "completeness": EMPTY_DISTANCE, "chamfer_l1": EMPTY_DISTANCE,
+           "chamfer_l2": 3.0, "empty": True}
+    for t in thresholds:
+        out[f"precision@{_key(t)}"] = 0.0
+        out[f"recall@{_key(t)}"] = 0.0
+        out[f"fscore@{_key(t)}"] = 0.0
+    out["normal_consistency"] = EMPTY_NORMAL_CONSISTENCY if with_normals else float("nan")
+    return out
+
+
+def point_metrics(pred_points, pred_normals, gt_points, gt_normals, thresholds=THRESHOLDS) -> dict:
+    """Accuracy, completeness, Chamfer-L1/L2, precision/recall/F-score at each threshold and
+    normal consistency between two point sets (normals may be None: consistency is NaN).
+
+    Keys: ``accuracy, completeness, chamfer_l1, chamfer_l2, precision@<t>, recall@<t>,
+    fscore@<t>, normal_consistency, empty`` with ``<t>`` formatted like ``0.01``.
+    """
+    gt = _as_points(gt_points, "gt_points")
+    if len(gt) == 0:
+        raise ValueError("gt_points: empty")
+    pred = np.zeros((0, 3)) if pred_points is None else _as_points(pred_points, "pred_points")
+    with_normals = pred_normals is not None and gt_normals is not None
+    if len(pred) == 0:
+        return empty_scores(thresholds, with_normals)
+    # workers=-1: the queries are the whole cost and split cleanly across cores.
+    d_acc, i_acc = cKDTree(gt).query(pred, k=1, workers=-1)
+    d_comp, i_comp = cKDTree(pred).query(gt, k=1, workers=-1)
+    acc, comp = float(d_acc.mean()), float(d_comp.mean())
+    out = {"accuracy": acc, "completeness": comp, "chamfer_l1": 0.5 * (acc + comp),
+           "chamfer_l2": 0.5 * (float(np.mean(d_acc ** 2)) + float(np.mean(d_comp ** 2))), "empty": False}
+    for t in thresholds:
+        p = float(np.mean(d_acc < t))
+        r = float(np.mean(d_comp < t))
+        out[f"precision@{_key(t)}"] = p
+        out[f"recall@{_key(t)}"] = r
+        out[f"fscore@{_key(t)}"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    if with_normals:
+        n_pred = _unit(_as_points(pred_normals, "pred_normals"))
+        n_gt = _unit(_as_points(gt_normals, "gt_normals"))
+        if len(n_pred) != len(pred) or len(n_gt) != len(gt):
+            raise ValueError("normals: one per point expected")
+        nc_acc = np.abs(np.einsum("ij,ij->i", n_pred, n_gt[i_acc])).mean()
+        nc_comp = np.abs(np.einsum("ij,ij->i", n_gt, n_pred[i_comp])).mean()
+        out["normal_consistency"] = float(0.5 * (nc_acc + nc_comp))
+    else:
+        out["normal_consistency"] = float("nan")
+    return out
+
+
+def is_empty(mesh: trimesh.Trimesh | None) -> bool:
+    return mesh is None or len(mesh.faces) == 0 or not np.isfinite(mesh.area) or mesh.area <= 0
+
+
+def inside(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """Inside/outside by the generalised winding number (> 0.5), as the ground truth's
+    occupancy labels are made (render.groundtruth): it needs no watertight mesh, unlike
+    trimesh's ray-based ``contains``, and is much faster."""
+    import igl
+
+    V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
+    F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
+    return igl.fast_winding_number(V, F, np.ascontiguousarray(points, dtype=np.float64)) > 0.5
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean arrays; 0 when both are empty."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def sample_mesh(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` area-uniform points on ``mesh`` and the normals of their faces."""
+    pts, face_idx = trimesh.sample.sample_surface(mesh, n, seed=seed)
+    return np.asarray(pts, dtype=np.float64), np.asarray(mesh.face_normals, dtype=np.float64)[face_idx]
+
+
+def mesh_metrics(mesh: trimesh.Trimesh, gt_points, gt_normals, occ_points=None, occ_labels=None,
+                 n_points: int = 100_000, seed: int = 0, thresholds=THRESHOLDS) -> dict:
+    """``point_metrics`` of ``n_points`` sampled on ``mesh`` against the ground truth, plus
+    ``iou_3d`` when ``occ_points``/``occ_labels`` are given (NaN otherwise)."""
+    if is_empty(mesh):
+        out = empty_scores(thresholds, gt_normals is not None)
+        out["iou_3d"] = 0.0 if occ_points is not None else float("nan")
+        return out
+    pts, normals = sample_mesh(mesh, n_points, seed)
+    out = point_metrics(pts, normals, gt_points, gt_normals, thresholds)
+    if occ_points is not None and occ_labels is not None:
+        out["iou_3d"] = iou(inside(mesh, occ_points), np.asarray(occ_labels) > 0)
+    else:
+        out["iou_3d"] = float("nan")
+    return out

@@ -1,0 +1,153 @@
+"""Metrics on analytic cases whose values are computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import trimesh
+
+from eval.metrics import EMPTY_DISTANCE, iou, mesh_metrics, point_metrics
+
+
+def fibonacci_sphere(n: int, r: float) -> tuple[np.ndarray, np.ndarray]:
+    i = np.arange(n) + 0.5
+    phi = np.arccos(1 - 2 * i / n)
+    theta = math.pi * (1 + 5 ** 0.5) * i
+    d = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], 1)
+    return r * d, d
+
+
+def cube_grid(a: float, h: float, shift=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Points on a regular grid of spacing ``h`` on each face of the cube of side ``a``."""
+    t = np.linspace(-a / 2, a / 2, int(round(a / h)) + 1)
+    u, v = (g.ravel() for g in np.meshgrid(t, t, indexing="ij"))
+    pts, nrm = [], []
+    for axis in range(3):
+        for sign in (-1.0, 1.0):
+            p = np.zeros((len(u), 3))
+            p[:, axis] = sign * a / 2
+            p[:, (axis + 1) % 3], p[:, (axis + 2) % 3] = u, v
+            n = np.zeros_like(p)
+            n[:, axis] = sign
+            pts.append(p)
+            nrm.append(n)
+    return np.concatenate(pts) + np.asarray(shift), np.concatenate(nrm)
+
+
+def test_concentric_spheres_chamfer_is_radius_gap():
+    r1, r2 = 0.30, 0.35
+    p1, n1 = fibonacci_sphere(50_000, r1)
+    p2, n2 = fibonacci_sphere(50_000, r2)
+    m = point_metrics(p1, n1, p2, n2, thresholds=(0.01, 0.06))
+    # Every point is 0.05 from the other sphere radially, plus a tangential gap far below 1e-3.
+    assert m["accuracy"] == pytest.approx(0.05, abs=1e-3)
+    assert m["completeness"] == pytest.approx(0.05, abs=1e-3)
+    assert m["chamfer_l1"] == pytest.approx(0.05, abs=1e-3)
+    assert m["chamfer_l2"] == pytest.approx(0.05 ** 2, abs=1e-4)
+    assert m["fscore@0.01"] == 0.0
+    assert m["fscore@0.06"] == 1.0
+    assert m["normal_consistency"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_concentric_sphere_meshes():
+    mesh = trimesh.creation.icosphere(subdivisions=5, radius=0.25)
+    gt, gt_n = fibonacci_sphere(100_000, 0.35)
+    m = mesh_metrics(mesh, gt, gt_n, n_points=50_000)
+    assert m["chamfer_l1"] == pytest.approx(0.10, abs=2e-3)
+    assert m["normal_consistency"] > 0.99
+    assert np.isnan(m["iou_3d"])  # no occupancy points given
+
+
+def test_shifted_cube_matches_hand_computed_chamfer():
+    a, d, h = 0.5, 0.05, 0.0025
+    gt, gt_n = cube_grid(a, h)
+    pred, pred_n = cube_grid(a, h, shift=(d, 0, 0))
+    m = point_metrics(pred, pred_n, gt, gt_n)
+    # Per unit of area, over the six faces of one cube against the shifted other:
+    #  the face it moves away from: distance d; the face buried inside the other cube:
+    #  E[min(d, u, v)], u, v ~ U(0, a/2) = (a/6)(1 - (1 - 2d/a)^3);
+    #  the four side faces: 0 except a strip of width d, mean d/2 there.
+    expected = (d + a / 6 * (1 - (1 - 2 * d / a) ** 3) + 4 * (d / a) * (d / 2)) / 6
+    assert expected == pytest.approx(0.016778, abs=1e-6)
+    assert m["accuracy"] == pytest.approx(expected, rel=0.02)
+    assert m["completeness"] == pytest.approx(expected, rel=0.02)
+    assert m["chamfer_l1"] == pytest.approx(expected, rel=0.02)
+    # The side faces' normals agree, the others too (|n.n| with both along x), except
+    # where a side point's nearest neighbour lies on a perpendicular face.
+    assert 0.8 < m["normal_consistency"] <= 1.0
+
+
+def test_shifted_box_iou_3d():
+    a, d = 0.5, 0.05
+    mesh = trimesh.creation.box(extents=(a, a, a))
+    mesh.apply_translation((d, 0, 0))
+    rng = np.random.default_rng(0)
+    occ = rng.uniform(-0.55, 0.55, size=(200_000, 3))
+    labels = (np.abs(occ) < a / 2).all(axis=1)
+    gt, gt_n = cube_grid(a, 0.01)
+    m = mesh_metrics(mesh, gt, gt_n, occ, labels, n_points=20_000)
+    # overlap (a - d) a^2 over union 2a^3 - (a - d) a^2
+    assert m["iou_3d"] == pytest.approx((a - d) / (a + d), abs=0.01)
+
+
+def test_iou_3d_of_mesh_against_its_own_occupancy_is_one():
+    mesh = trimesh.creation.box(extents=(0.4, 0.6, 0.8))
+    rng = np.random.default_rng(1)
+    occ = rng.uniform(-0.55, 0.55, size=(100_000, 3))
+    labels = (np.abs(occ) < np.array([0.2, 0.3, 0.4])).all(axis=1).astype(np.uint8)
+    pts, idx = trimesh.sample.sample_surface(mesh, 20_000, seed=0)
+    m = mesh_metrics(mesh, pts, mesh.face_normals[idx], occ, labels, n_points=20_000)
+    assert m["iou_3d"] == 1.0
+    assert m["normal_consistency"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_empty_prediction_scored_like_im2mesh():
+    gt, gt_n = fibonacci_sphere(1000, 0.3)
+    occ = np.zeros((10, 3))
+    for mesh in (trimesh.Trimesh(), None):
+        m = mesh_metrics(mesh, gt, gt_n, occ, np.ones(10))
+        assert m["empty"] is True
+        assert m["accuracy"] == m["completeness"] == m["chamfer_l1"] == pytest.approx(math.sqrt(3))
+        assert m["chamfer_l2"] == 3.0
+        assert m["fscore@0.01"] == m["fscore@0.02"] == 0.0
+        assert m["normal_consistency"] == -1.0
+        assert m["iou_3d"] == 0.0
+    m = point_metrics(np.zeros((0, 3)), np.zeros((0, 3)), gt, gt_n)
+    assert m["chamfer_l1"] == EMPTY_DISTANCE
+
+
+def test_fscore_thresholds_on_hand_made_points():
+    gt = np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]])
+    # pred->gt distances 0.005, 0.015, 0.03 ; gt->pred distances 0.005, 0.015, 0.03, 0.97
+    pred = np.array([[0.005, 0, 0], [1.015, 0, 0], [2.03, 0, 0]])
+    m = point_metrics(pred, None, gt, None, thresholds=(0.01, 0.02, 0.05))
+    assert m["precision@0.01"] == pytest.approx(1 / 3)
+    assert m["recall@0.01"] == pytest.approx(1 / 4)
+    assert m["fscore@0.01"] == pytest.approx(2 * (1 / 3) * (1 / 4) / (1 / 3 + 1 / 4))
+    assert m["precision@0.02"] == pytest.approx(2 / 3)
+    assert m["recall@0.02"] == pytest.approx(2 / 4)
+    assert m["fscore@0.02"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert m["precision@0.05"] == 1.0
+    assert m["recall@0.05"] == 0.75
+    assert m["accuracy"] == pytest.approx((0.005 + 0.015 + 0.03) / 3)
+    assert m["completeness"] == pytest.approx((0.005 + 0.015 + 0.03 + 0.97) / 4)
+    assert np.isnan(m["normal_consistency"])
+
+
+def test_normal_consistency_identical_flipped_and_perpendicular():
+    p, n = fibonacci_sphere(5000, 0.3)
+    same = point_metrics(p, n, p, n)
+    assert same["normal_consistency"] == pytest.approx(1.0)
+    assert same["chamfer_l1"] == 0.0 and same["fscore@0.01"] == 1.0
+    # orientation does not count (im2mesh takes |cos|)
+    assert point_metrics(p, -n, p, n)["normal_consistency"] == pytest.approx(1.0)
+    perp = np.cross(n, np.array([0.0, 0.0, 1.0]))
+    keep = np.linalg.norm(perp, axis=1) > 0.1
+    assert point_metrics(p[keep], perp[keep], p[keep], n[keep])["normal_consistency"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_iou_helper_and_bad_input():
+    assert iou(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0])) == pytest.approx(1 / 3)
+    assert iou(np.zeros(3), np.zeros(3)) == 0.0
+    with pytest.raises(ValueError, match="gt_points"):
+        point_metrics(np.zeros((2, 3)), None, np.zeros((2, 2)), None)
