@@ -142,6 +142,40 @@ def test_shard_sets_mix_by_weight(renders, tmp_path):
     assert dm.weights == [3.0, 1.0] and dm.epoch_samples == 16
 
 
+@pytest.fixture(scope="session")
+def copy_paste(renders, tmp_path_factory) -> Path:
+    """A generate run (copy-paste mode) over the renders: image.png, no normals or depth."""
+    from PIL import Image
+
+    tmp = tmp_path_factory.mktemp("aug")
+    rng = np.random.default_rng(0)
+    (tmp / "bg").mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(tmp / "bg" / f"{i}.png")
+    out = tmp / "cp"
+    assert cdc_main(["generate", "--mode", "copy-paste", "--backgrounds", str(tmp / "bg"), "--in", str(renders),
+                     "--out", str(out), "--split", "all", "--seed", "0", "--no-progress"]) == 0
+    return out
+
+
+def test_generate_runs_train_without_the_laplacian_term(copy_paste, renders):
+    dm = SVRDataModule([str(copy_paste), str(renders)], weights=[1, 1], image_size=64, batch_size=4, num_workers=0,
+                       points=64, val_shapes=0, epoch_samples=32)
+    examples = list(dm.train_dataset())
+    aug = [e for e in examples if e["set"] == 0]
+    clean = [e for e in examples if e["set"] == 1]
+    assert aug and clean
+    assert all(e["has_detail"] == 0 for e in aug) and all(e["has_detail"] == 1 for e in clean)
+    # the composite, not the white-backed render: background pixels are not white
+    img = aug[0]["image"] * torch.tensor([0.229, 0.224, 0.225])[:, None, None] + torch.tensor([0.485, 0.456, 0.406])[
+        :, None, None]
+    assert (img[:, aug[0]["mask"][0] == 0] < 0.99).any()
+    batch = torch.utils.data.default_collate(aug[:2])
+    model = SVRModule(**SMALL_MODEL)
+    losses = svr_losses(model.net(batch["image"], batch["points"], batch["K"], batch["RT"]), batch)
+    assert losses["laplacian"] == 0 and losses["loss"] > 0
+
+
 # -- training ---------------------------------------------------------------------------
 def test_a_few_steps_lower_the_loss(renders):
     L.seed_everything(0)
