@@ -16,15 +16,20 @@ class Silhouettes:
     def __init__(self):
         self._renderers: dict[int, object] = {}
 
+    def renderer(self, size: int):
+        from render.renderer import Renderer
+
+        if size not in self._renderers:
+            self._renderers[size] = Renderer(size)
+        return self._renderers[size]
+
     def mask(self, mesh, camera: dict, size: int) -> np.ndarray:
-        from render.renderer import Renderer, render_mask
+        from render.renderer import render_mask
 
         if is_empty(mesh):
             return np.zeros((size, size), dtype=bool)
-        if size not in self._renderers:
-            self._renderers[size] = Renderer(size)
         return render_mask(mesh, np.asarray(camera["K"]), np.asarray(camera["RT"]), size,
-                           renderer=self._renderers[size])
+                           renderer=self.renderer(size))
 
     def close(self) -> None:
         for r in self._renderers.values():

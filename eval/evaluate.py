@@ -1,0 +1,332 @@
+"""A reconstruction function over the test views of a render or generate directory.
+
+``evaluate(data_dir, reconstruct_fn, out_dir)`` feeds every selected view's input image
+(a generate run's ``image.png``, else ``rgba.png`` over white: train_svr.data.input_image)
+and camera to ``reconstruct_fn``, scores the mesh it returns against the shape file
+(eval.metrics) and against the view's mask (eval.silhouette), and writes into ``out_dir``:
+
+- ``per_view.csv``: one row per shape and view (PER_VIEW_COLUMNS);
+- ``summary.json``: means overall and per category, counts, and what was evaluated
+  (data dir, its stage and domain, for generate runs ``mode``/``t_in``; whatever
+  ``identity`` the caller adds, e.g. the checkpoint and the model's training data);
+- ``config.yaml``: the exact parameters; ``samples/``: a few inputs, renders of their
+  reconstructions with the same camera and the meshes (PLY), for the report.
+
+Rows are written as they are scored (``per_view.csv.partial``), so a long run that is
+killed shows how far it got; the final files appear only when every view is done.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cdc_aug.errors import UserError
+from cdc_aug.layout import read_splits, shape_file, shapes_dir, split_of_key
+from cdc_aug.runinfo import derive_seed, write_config
+from cdc_aug.shards import read_index, shard_paths
+
+from .metrics import is_empty, mesh_metrics
+from .silhouette import Silhouettes, silhouette_iou
+
+log = logging.getLogger(__name__)
+
+METRICS = ["chamfer_l1", "accuracy", "completeness", "fscore@0.01", "fscore@0.02", "normal_consistency",
+           "iou_3d", "iou_2d"]
+PER_VIEW_COLUMNS = ["key", "synset", "category", "model_id", "view", *METRICS, "chamfer_l2", "empty", "seconds"]
+SUMMARY = "summary.json"
+PER_VIEW = "per_view.csv"
+SAMPLES = "samples"
+
+ReconstructFn = Callable[[np.ndarray, dict], "object"]
+
+
+@dataclass
+class Selection:
+    """The views to evaluate: ``items[shard path] = [sample keys]``, in shard order."""
+
+    root: Path
+    index: dict
+    split: str
+    views: list[int] | None
+    items: dict[Path, list[str]] = field(default_factory=dict)
+    shapes_root: Path | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return [k for ks in self.items.values() for k in ks]
+
+
+def domain_of(index: dict) -> dict:
+    """What kind of input a stage directory holds: clean renders, masked-ILVR composites at
+    a T_in, or copy-paste composites."""
+    stage = index.get("stage")
+    if stage == "render":
+        return {"stage": "render", "domain": "clean", "mode": None, "t_in": None}
+    mode = index.get("mode")
+    t_in = index.get("t_in")
+    if mode == "copy-paste":
+        return {"stage": stage, "domain": "copy-paste", "mode": mode, "t_in": None}
+    if mode == "ilvr":
+        return {"stage": stage, "domain": f"t_in={float(t_in):g}" if t_in is not None else "ilvr",
+                "mode": mode, "t_in": None if t_in is None else float(t_in)}
+    return {"stage": stage, "domain": str(mode or stage or "unknown"), "mode": mode, "t_in": t_in}
+
+
+def _tar_keys(path: Path) -> list[str]:
+    # Sidecars list the keys; read them, and fall back on the tar's member names.
+    side = path.with_name(path.name + ".json")
+    try:
+        return list(json.loads(side.read_text())["keys"])
+    except (OSError, ValueError, KeyError):
+        pass
+    keys: list[str] = []
+    with tarfile.open(path, "r") as tar:
+        for name in tar.getnames():
+            key = name.split(".", 1)[0]
+            if not keys or keys[-1] != key:
+                keys.append(key)
+    return keys
+
+
+def view_of(key: str) -> int:
+    return int(key.rsplit("_", 1)[1])
+
+
+def select(data_dir: str | os.PathLike, split: str = "test", views: list[int] | None = None,
+           check_ground_truth: bool = True) -> Selection:
+    """The views of ``split`` (all views, or those in ``views``), checked before any work:
+    a missing directory, index, split or shape file and unknown view indices are
+    one-line UserErrors."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"--data: {root} is not a directory")
+    index = read_index(root)
+    splits = read_splits(root)
+    if split not in splits:
+        raise UserError(f"--split: {root / 'splits.json'} has no split {split!r} (has {', '.join(sorted(splits))})")
+    shapes = set(splits[split])
+    if not shapes:
+        raise UserError(f"--split: split {split!r} of {root} is empty")
+    sel = Selection(root, index, split, sorted(set(views)) if views is not None else None)
+    available: set[int] = set()
+    for path in shard_paths(root):
+        if not path.exists():
+            raise UserError(f"{path}: listed in index.json but missing")
+        keys = [k for k in _tar_keys(path) if split_of_key(k) in shapes]
+        available.update(view_of(k) for k in keys)
+        if sel.views is not None:
+            keys = [k for k in keys if view_of(k) in sel.views]
+        if keys:
+            sel.items[path] = keys
+    if sel.views is not None:
+        unknown = sorted(set(sel.views) - available)
+        if unknown:
+            raise UserError(f"--views: {root} has no view {', '.join(map(str, unknown))} in split {split!r} "
+                            f"(views {min(available)}..{max(available)})" if available else
+                            f"--views: {root} has no samples in split {split!r}")
+    if not sel.items:
+        raise UserError(f"{root}: no samples of split {split!r} in its shards")
+    if check_ground_truth:
+        sel.shapes_root = shapes_dir(root)
+        missing = []
+        for shape in sorted({split_of_key(k) for k in sel.keys}):
+            synset, model_id = shape.split("_", 1)
+            if not shape_file(sel.shapes_root, synset, model_id).exists():
+                missing.append(shape)
+        if missing:
+            raise UserError(f"{sel.shapes_root}: no shape file for {len(missing)} test shapes "
+                            f"(e.g. {missing[0]}); render them again")
+    return sel
+
+
+def _samples_to_save(keys: list[str], n: int) -> set[str]:
+    """Up to ``n`` views spread over categories (synsets) and shapes: one view per shape,
+    synsets taken in turn, so a small report still shows every category."""
+    by_syn: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for k in keys:
+        shape = split_of_key(k)
+        if shape not in seen:
+            seen.add(shape)
+            by_syn.setdefault(shape.split("_", 1)[0], []).append(k)
+    out: list[str] = []
+    queues = [list(v) for _, v in sorted(by_syn.items())]
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return set(out)
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means of METRICS overall and per category (NaNs ignored), with view/shape counts."""
+    def block(rs: list[dict]) -> dict:
+        out: dict = {}
+        for m in METRICS:
+            vals = np.array([float(r[m]) for r in rs], dtype=np.float64)
+            vals = vals[np.isfinite(vals)]
+            out[m] = float(vals.mean()) if len(vals) else float("nan")
+        out["n_views"] = len(rs)
+        out["n_shapes"] = len({(r["synset"], r["model_id"]) for r in rs})
+        out["n_empty"] = int(sum(bool(r["empty"]) for r in rs))
+        return out
+
+    cats: dict[str, list[dict]] = {}
+    for r in rows:
+        cats.setdefault(r["category"], []).append(r)
+    return {"overall": block(rows), "per_category": {c: block(rs) for c, rs in sorted(cats.items())}}
+
+
+class _GroundTruth:
+    """The shape file of the shape being evaluated (views of a shape are adjacent)."""
+
+    def __init__(self, root: Path):
+        self.root, self.key, self.data = root, None, None
+
+    def get(self, synset: str, model_id: str) -> dict:
+        from render.groundtruth import read
+
+        key = (synset, model_id)
+        if key != self.key:
+            self.data, self.key = read(shape_file(self.root, synset, model_id)), key
+        return self.data
+
+
+def _save_sample(out: Path, key: str, image: np.ndarray, mesh, camera: dict, silhouettes: Silhouettes) -> None:
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(out / f"{key}_input.png")
+    size = image.shape[0]
+    canvas = np.full((size, size, 3), 255, np.uint8)
+    if not is_empty(mesh):
+        from render.meshes import Normalized
+
+        r = silhouettes.renderer(size)
+        r.load(Normalized([mesh], np.zeros(3), 1.0), normals=False)
+        rgba = r.render_krt(np.asarray(camera["K"]), np.asarray(camera["RT"])).rgba
+        a = rgba[..., 3:4].astype(np.float32) / 255.0
+        canvas = np.round(rgba[..., :3] * a + 255.0 * (1 - a)).astype(np.uint8)
+        mesh.export(out / f"{key}.ply")
+    Image.fromarray(canvas).save(out / f"{key}_recon.png")
+
+
+def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir: str | os.PathLike,
+             split: str = "test", views: list[int] | None = None, n_points: int = 100_000, save_meshes: int = 4,
+             progress: bool = True, identity: dict | None = None, seed: int = 0,
+             config: dict | None = None) -> dict:
+    """Score ``reconstruct_fn(image HxWx3 uint8, camera dict) -> trimesh.Trimesh`` on the
+    ``split`` views of ``data_dir``; returns the summary (also written to summary.json).
+
+    ``identity``: extra entries for summary.json (checkpoint, model name, training data).
+    ``config``: extra entries for config.yaml (the command's own flags)."""
+    from tqdm import tqdm
+
+    from cdc_aug.samples import decode_sample
+    from cdc_aug.shards import iter_tar_samples
+    from train_svr.data import input_image
+
+    if n_points < 1:
+        raise UserError(f"--points: must be >= 1, got {n_points}")
+    sel = select(data_dir, split, views)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    dom = domain_of(sel.index)
+    run_config = {"data_dir": str(sel.root.resolve()), "split": split, "views": sel.views, "n_points": n_points,
+                  "save_meshes": save_meshes, "seed": seed, **(config or {})}
+    write_config(out, run_config)
+    (out / SUMMARY).unlink(missing_ok=True)  # a stale summary would mark the stage done
+
+    keys = sel.keys
+    to_save = _samples_to_save(keys, save_meshes)
+    gt = _GroundTruth(sel.shapes_root)
+    rows: list[dict] = []
+    partial = out / (PER_VIEW + ".partial")
+    t_start = time.perf_counter()
+    bar = tqdm(total=len(keys), desc=f"eval {sel.root.name}", unit="view", disable=not progress)
+    with Silhouettes() as sil, open(partial, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=PER_VIEW_COLUMNS)
+        writer.writeheader()
+        for path, wanted in sel.items.items():
+            want = set(wanted)
+            for raw in iter_tar_samples(path):
+                key = raw["__key__"]
+                if key not in want:
+                    continue
+                s = decode_sample(raw, ["image.png", "rgba.png", "mask.png", "camera.json", "meta.json"])
+                meta, camera = s["meta.json"], s["camera.json"]
+                synset, model_id = key.rsplit("_", 1)[0].split("_", 1)
+                image = input_image(s)
+                t0 = time.perf_counter()
+                mesh = reconstruct_fn(image, camera)
+                g = gt.get(synset, model_id)
+                m = mesh_metrics(mesh, g["surface_points"], g["surface_normals"], g["occ_points"], g["occ_labels"],
+                                 n_points=n_points, seed=derive_seed(seed, key) % (2**31))
+                m["iou_2d"] = silhouette_iou(mesh, camera, s["mask.png"], sil)
+                row = {"key": key, "synset": meta.get("synset", synset), "category": meta.get("category", synset),
+                       "model_id": meta.get("model_id", model_id), "view": int(meta.get("view", view_of(key))),
+                       **{c: m[c] for c in METRICS}, "chamfer_l2": m["chamfer_l2"], "empty": int(m["empty"]),
+                       "seconds": round(time.perf_counter() - t0, 3)}
+                writer.writerow(row)
+                f.flush()
+                rows.append(row)
+                if key in to_save:
+                    _save_sample(out / SAMPLES, key, image, mesh, camera, sil)
+                bar.update(1)
+                bar.set_postfix(cd=f"{np.mean([r['chamfer_l1'] for r in rows]):.4f}")
+    bar.close()
+    if len(rows) != len(keys):
+        raise UserError(f"{sel.root}: {len(keys) - len(rows)} selected samples missing from their shards")
+    os.replace(partial, out / PER_VIEW)
+    summary = {
+        "data_dir": str(sel.root.resolve()),
+        **dom,
+        "split": split,
+        "views": sel.views,
+        "n_points": n_points,
+        **summarize(rows),
+        "samples": sorted(f"{k}" for k in to_save),
+        "seconds": round(time.perf_counter() - t_start, 2),
+        **(identity or {}),
+    }
+    summary = _json_safe(summary)
+    tmp = out / f".{SUMMARY}.tmp"
+    tmp.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, out / SUMMARY)
+    o = summary["overall"]
+    log.info("%s: %d views, chamfer_l1 %.4f, fscore@0.01 %.3f, iou_3d %.3f, iou_2d %.3f", sel.root, o["n_views"],
+             o["chamfer_l1"], o["fscore@0.01"], o["iou_3d"], o["iou_2d"])
+    return summary
+
+
+def read_rows(eval_dir: str | os.PathLike) -> list[dict]:
+    """per_view.csv of an evaluation directory, numbers as floats."""
+    with open(Path(eval_dir) / PER_VIEW, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for c in [*METRICS, "chamfer_l2", "seconds"]:
+            r[c] = float(r[c]) if r.get(c) not in (None, "") else float("nan")
+    return rows
