@@ -158,3 +158,31 @@ def test_model_identity_from_run_config(renders, tmp_path):
     assert train_domain_from_name("svr-copy-paste")["domain"] == "copy-paste"
     assert train_domain_from_name("svr-t025")["t_in"] == 0.25
     assert train_domain_from_name("svr-clean")["domain"] == "clean"
+
+
+def test_eval_command_end_to_end_with_a_tiny_checkpoint(renders, tmp_path, capsys):
+    """The command loads a Lightning checkpoint of an (untrained) tiny model and writes every
+    output; an untrained SDF has no zero crossing, so every view scores as empty."""
+    import lightning
+    import torch
+    import yaml
+
+    from train_svr.module import SVRModule
+
+    torch.manual_seed(0)
+    m = SVRModule(image_size=64, encoder_width=16, latent_dim=64, decoder_width=32, detail_channels=16)
+    ckpt = tmp_path / "runs" / "svr-t025" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
+                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    out = tmp_path / "ev"
+    assert cli_main(["eval", "--ckpt", str(ckpt), "--data", str(renders), "--views", "0", "--resolution", "16",
+                     "--points", "1000", "--no-progress", "--out", str(out)]) == 0
+    assert "svr-t025 on clean (test, 2 views of 2 shapes)" in capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    assert s["model"] == "svr-t025" and s["train_t_in"] == 0.25 and s["resolution"] == 16
+    assert s["overall"]["n_views"] == 2 and s["views"] == [0]
+    rows = list(csv.DictReader(open(out / "per_view.csv")))
+    assert all(float(r["chamfer_l1"]) == pytest.approx(math.sqrt(3)) for r in rows if r["empty"] == "1")
+    cfg = yaml.safe_load((out / "config.yaml").read_text())["config"]
+    assert cfg["resolution"] == 16 and cfg["ckpt"] == str(ckpt.resolve()) and cfg["device"] == "cpu"
