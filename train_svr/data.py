@@ -89,25 +89,30 @@ def _resize_nearest(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 class GroundTruth:
-    """Per-process cache of open h5 shape files (a forked worker reopens its own)."""
+    """Per-process cache of h5 shape files and their decoded SDF samples (a forked worker
+    starts its own). Reading and decompressing ``sdf_samples`` was over half of a
+    sample's loading time; consecutive samples of a shard mostly share shapes, so a
+    small cache of decoded arrays removes most of it."""
 
-    def __init__(self, root: Path, max_open: int = 64):
+    def __init__(self, root: Path, max_open: int = 64, max_cached: int = 64):
         self.root = Path(root)
-        self.max_open = max_open
+        self.max_open, self.max_cached = max_open, max_cached
         self._files: OrderedDict[str, object] = OrderedDict()
+        self._sdf: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._pid = os.getpid()
 
     def __getstate__(self):
-        return {"root": self.root, "max_open": self.max_open}
+        return {"root": self.root, "max_open": self.max_open, "max_cached": self.max_cached}
 
     def __setstate__(self, state):
-        self.__init__(state["root"], state["max_open"])
+        self.__init__(state["root"], state["max_open"], state["max_cached"])
 
     def file(self, synset: str, model_id: str):
         import h5py
 
         if self._pid != os.getpid():
             self._files.clear()
+            self._sdf.clear()
             self._pid = os.getpid()
         path = str(shape_file(self.root, synset, model_id))
         f = self._files.pop(path, None)
@@ -118,12 +123,25 @@ class GroundTruth:
         self._files[path] = f
         return f
 
+    def sdf(self, synset: str, model_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sdf_samples (N, 4), indices inside, indices outside)."""
+        key = f"{synset}/{model_id}"
+        hit = self._sdf.pop(key, None)
+        if hit is None:
+            arr = np.asarray(self.file(synset, model_id)["sdf_samples"][:], dtype=np.float32)
+            hit = (arr, np.flatnonzero(arr[:, 3] < 0), np.flatnonzero(arr[:, 3] >= 0))
+            if len(self._sdf) >= self.max_cached:
+                self._sdf.popitem(last=False)
+        self._sdf[key] = hit
+        return hit
 
-def balanced_points(sdf_samples: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+
+def balanced_points(sdf_samples: np.ndarray, n: int, rng: np.random.Generator,
+                    split: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``n`` SDF samples, half inside (sdf < 0) and half outside, drawn with replacement
-    only when a side has too few."""
-    inside = np.flatnonzero(sdf_samples[:, 3] < 0)
-    outside = np.flatnonzero(sdf_samples[:, 3] >= 0)
+    only when a side has too few. ``split``: the inside and outside indices, if known."""
+    inside, outside = split if split is not None else (np.flatnonzero(sdf_samples[:, 3] < 0),
+                                                       np.flatnonzero(sdf_samples[:, 3] >= 0))
     if len(inside) == 0 or len(outside) == 0:
         pick = rng.choice(len(sdf_samples), n, replace=len(sdf_samples) < n)
     else:
@@ -162,11 +180,11 @@ def make_example(raw: dict, gt: GroundTruth, size: int, points: int, rng: np.ran
         out["normal"] = torch.zeros(3, size, size)
         out["depth"] = torch.zeros(1, size, size)
         out["has_detail"] = torch.tensor(0.0)
-    f = gt.file(meta["synset"], meta["model_id"])
-    xyz, sdf = balanced_points(f["sdf_samples"][:], points, rng)
+    arr, inside, outside = gt.sdf(meta["synset"], meta["model_id"])
+    xyz, sdf = balanced_points(arr, points, rng, (inside, outside))
     out["points"], out["sdf"] = torch.from_numpy(xyz), torch.from_numpy(sdf)
     if surface_points:
-        surf = f["surface_points"][:]
+        surf = gt.file(meta["synset"], meta["model_id"])["surface_points"][:]
         idx = rng.choice(len(surf), min(surface_points, len(surf)), replace=False)
         out["surface"] = torch.from_numpy(surf[np.sort(idx)].astype(np.float32))
     return out
