@@ -153,7 +153,7 @@ def _plot_vs_t_in(runs: list[Run], domains: list[str], metric: str, label: str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(8.5, 4), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     t_models = sorted({(r.train_t_in, r.model) for r in runs if r.train_t_in is not None})
     xs = sorted({t for t, _ in t_models})
@@ -177,7 +177,7 @@ def _plot_vs_t_in(runs: list[Run], domains: list[str], metric: str, label: str, 
     ax.set_ylabel(label + (" (higher is better)" if higher else " (lower is better)"))
     ax.set_title(f"{label} vs T_in")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="best")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: up to 3 lines per domain
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
