@@ -118,18 +118,20 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
         stages.append(Stage(f"train {run_name}", argv, run_dir, last, resume_argv=["--ckpt_path", str(last)]))
         models[run_name] = last
 
+    # One eval stage per model: the model is loaded once and scored on every test domain.
     eval_dirs = []
     for model, ckpt in models.items():
-        for dom, path in domains.items():
-            out = runs / "eval" / f"{model}__{dom}"
-            argv = ["eval", "--ckpt", str(ckpt), "--data", str(path), "--split", e.get("split", "test"),
-                    "--out", str(out)]
-            if "views" in e:
-                argv += ["--views", ",".join(map(str, e["views"]))]
-            if "resolution" in e:
-                argv += ["--resolution", str(e["resolution"])]
-            stages.append(Stage(f"eval {model} on {dom}", argv, out, out / "summary.json"))
-            eval_dirs.append(str(out))
+        outs = [runs / "eval" / f"{model}__{dom}" for dom in domains]
+        argv = ["eval", "--ckpt", str(ckpt), "--data", *map(str, domains.values()), "--split",
+                e.get("split", "test"), "--out", *map(str, outs), "--no-progress"]
+        for key in ("views",):
+            if key in e:
+                argv += [f"--{key}", ",".join(map(str, e[key]))]
+        for key in ("resolution", "points"):
+            if key in e:
+                argv += [f"--{key}", str(e[key])]
+        stages.append(Stage(f"eval {model}", argv, outs[-1], outs[-1] / "summary.json"))
+        eval_dirs += [str(o) for o in outs]
     stages.append(Stage("report", ["report", *eval_dirs, "--out", str(report)], report, None))
     return stages
 

@@ -11,7 +11,9 @@ def register(sub, help_text: str) -> None:
         ". Writes per_view.csv, summary.json (per category and overall), config.yaml and "
         "samples/ (inputs next to renders of their reconstructions) into --out."))
     p.add_argument("--ckpt", required=True, help="a `cdc-aug train` checkpoint (.ckpt)")
-    p.add_argument("--data", required=True, help="a render directory or a generate run (index.json, splits.json)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="a render directory or a generate run (index.json, splits.json); several: the model is "
+                        "loaded once and each is evaluated into the matching --out")
     p.add_argument("--split", default="test", help="split of splits.json to evaluate (default: test)")
     p.add_argument("--views", help="comma-separated view indices (default: every view)")
     p.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (default: 128)")
@@ -21,7 +23,7 @@ def register(sub, help_text: str) -> None:
     p.add_argument("--save-meshes", type=int, default=4,
                    help="views whose input, reconstruction render and mesh are kept (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="surface sampling seed (default: 0)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, nargs="+", help="output directory, one per --data")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -53,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
     from eval.evaluate import evaluate, select
     from eval.identity import model_identity
 
+    if len(args.data) != len(args.out):
+        raise UserError(f"--out: {len(args.out)} directories for {len(args.data)} --data directories")
     # Every input checked before the model is loaded and the first view is reconstructed.
-    select(args.data, args.split, views)
+    for data in args.data:
+        select(data, args.split, views)
     import torch
 
     from train_svr.inference import load_model, reconstruct
@@ -70,12 +75,14 @@ def run(args: argparse.Namespace) -> int:
         return reconstruct(model, image, camera, resolution=args.resolution, chunk=args.chunk)
 
     config = {"ckpt": str(ckpt.resolve()), "resolution": args.resolution, "chunk": args.chunk, "device": device}
-    summary = evaluate(args.data, reconstruct_fn, args.out, split=args.split, views=views, n_points=args.points,
-                       save_meshes=args.save_meshes, progress=not args.no_progress, seed=args.seed,
-                       identity={**model_identity(ckpt), "resolution": args.resolution}, config=config)
-    o = summary["overall"]
-    print(f"{summary['model']} on {summary['domain']} ({summary['split']}, {o['n_views']} views of "
-          f"{o['n_shapes']} shapes): chamfer_l1 {o['chamfer_l1']:.4f}  fscore@0.01 {o['fscore@0.01']:.3f}  "
-          f"normal_consistency {o['normal_consistency']:.3f}  iou_3d {o['iou_3d']:.3f}  iou_2d {o['iou_2d']:.3f}")
-    print(f"wrote {Path(args.out) / 'summary.json'}")
+    identity = {**model_identity(ckpt), "resolution": args.resolution}
+    for data, out in zip(args.data, args.out):
+        summary = evaluate(data, reconstruct_fn, out, split=args.split, views=views, n_points=args.points,
+                           save_meshes=args.save_meshes, progress=not args.no_progress, seed=args.seed,
+                           identity=identity, config=config)
+        o = summary["overall"]
+        print(f"{summary['model']} on {summary['domain']} ({summary['split']}, {o['n_views']} views of "
+              f"{o['n_shapes']} shapes): chamfer_l1 {o['chamfer_l1']:.4f}  fscore@0.01 {o['fscore@0.01']:.3f}  "
+              f"normal_consistency {o['normal_consistency']:.3f}  iou_3d {o['iou_3d']:.3f}  iou_2d {o['iou_2d']:.3f}")
+        print(f"wrote {Path(out) / 'summary.json'}")
     return 0
