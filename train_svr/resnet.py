@@ -8,13 +8,10 @@ keep CPU tests fast.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 
 class BasicBlock(nn.Module):
@@ -89,7 +86,9 @@ def load_torchvision_weights(net: ResNet18, path: str | Path) -> list[str]:
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     net.load_state_dict(take, strict=False)
-    log.info("encoder weights from %s: loaded %d tensors, skipped %d with another shape%s",
-             path, len(take), len(skipped), f" ({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})"
-             if skipped else "")
+    from lightning.pytorch.utilities import rank_zero_info  # shown by Lightning's own console logger
+
+    names = f" ({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})" if skipped else ""
+    rank_zero_info(f"encoder weights from {path}: loaded {len(take)} tensors, skipped {len(skipped)} "
+                   f"with another shape{names}")
     return skipped
