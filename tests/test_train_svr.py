@@ -198,6 +198,22 @@ def test_a_few_steps_lower_the_loss(renders):
     assert after < 0.8 * before, (before, after)
 
 
+def test_same_seed_same_weights(renders):
+    def train() -> dict:
+        L.seed_everything(0)
+        dm = SVRDataModule(str(renders), image_size=64, batch_size=4, num_workers=0, points=128, val_shapes=0)
+        model = SVRModule(lr=1e-3, **SMALL_MODEL)
+        L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False).fit(model, datamodule=dm)
+        return model.state_dict()
+
+    a, b = train(), train()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    L.seed_everything(0)
+    init = SVRModule(lr=1e-3, **SMALL_MODEL).state_dict()
+    assert not torch.equal(a["net.coarse.out.weight"], init["net.coarse.out.weight"])  # it did train
+
+
 def test_checkpoint_save_and_resume(renders, tmp_path):
     common = ["--name", "r", "--trainer.max_epochs", "-1", "--data.batch_size", "4", "--model.val_resolution", "16",
               "--trainer.check_val_every_n_epoch", "1", "--trainer.log_every_n_steps", "1"]
