@@ -82,7 +82,7 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
     # Every domain is generated for all splits: training reads its train split, eval
     # reads the test split of each domain.
     common = ["--in", str(renders), "--split", "all", "--seed", str(seed), "--no-progress"]
-    for key in ("steps", "batch_size", "model", "n_in", "n_out", "space", "t_out"):
+    for key in ("steps", "batch_size", "model", "n_in", "n_out", "space", "t_out", "nproc", "threads"):
         if key in g:
             common += [f"--{key.replace('_', '-')}", str(g[key])]
     domains: dict[str, Path] = {"clean": renders}
