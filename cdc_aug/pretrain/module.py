@@ -12,8 +12,9 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 
 def build_unet(size: int = 64, channels: tuple[int, ...] = (32, 64, 128), layers_per_block: int = 1) -> UNet2DModel:
-    # No attention: the model must stay fully convolutional so it samples at any size
-    # (224² renders) although it is trained on small crops.
+    # Convolutional down/up blocks (one attention layer in the mid block, which takes any
+    # grid size): the model samples at the render's own size (224²) although it is trained
+    # on small crops.
     n = len(channels)
     return UNet2DModel(
         sample_size=size,
@@ -24,6 +25,7 @@ def build_unet(size: int = 64, channels: tuple[int, ...] = (32, 64, 128), layers
         down_block_types=("DownBlock2D",) * n,
         up_block_types=("UpBlock2D",) * n,
         norm_num_groups=min(32, channels[0]),
+        add_attention=True,
     )
 
 
