@@ -81,9 +81,9 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "cdc_aug" / "default_model"))
     ap.add_argument("--heldout", default=str(ROOT / "data" / "photos" / "heldout"))
     ap.add_argument("--train", default=str(ROOT / "data" / "photos" / "train"))
-    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
