@@ -26,9 +26,8 @@ for name in ("coffee", "chelsea", "rocket", "astronaut"):
     if not p.exists():
         Image.fromarray(getattr(d, name)()).save(p)
 PY
-OMP_NUM_THREADS=1 .venv/bin/cdc-aug pretrain --images "$PHOTOS/train" --out runs/pretrain-default \
-    --size 64 --channels 32,64,128 --batch-size 16 --lr 3e-4 --threads 1 --seed 0 \
-    --sample-every 250 --checkpoint-every 100 --max-steps "${MAX_STEPS:-STEPS_TBD}" "$@"
+OMP_NUM_THREADS=1 .venv/bin/cdc-aug pretrain --config configs/pretrain_default.yaml \
+    --max-steps "${MAX_STEPS:-STEPS_TBD}" "$@"
 rm -rf cdc_aug/default_model.new
 cp -r runs/pretrain-default/model cdc_aug/default_model.new
 cp cdc_aug/default_model/MODEL_CARD.md cdc_aug/default_model.new/ 2>/dev/null || true

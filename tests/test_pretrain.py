@@ -44,6 +44,20 @@ def test_pretrain_writes_model_and_resumes(photos, tmp_path):
     assert pipe.scheduler.config.beta_schedule == "squaredcos_cap_v2"
 
 
+def test_pretrain_config_file_reuses_a_runs_config(photos, tmp_path):
+    first = tmp_path / "a"
+    assert _pretrain(photos, first, "--max-steps", "1") == 0
+    # a run's own config.yaml is a valid --config; command-line flags win over it
+    second = tmp_path / "b"
+    assert main(["pretrain", "--config", str(first / "config.yaml"), "--out", str(second), "--max-steps", "1"]) == 0
+    import yaml
+
+    a = yaml.safe_load((first / "config.yaml").read_text())["config"]
+    b = yaml.safe_load((second / "config.yaml").read_text())["config"]
+    assert a["channels"] == b["channels"] == [8, 16] and b["out"] == str(second)
+    assert {k: v for k, v in a.items() if k != "out"} == {k: v for k, v in b.items() if k != "out"}
+
+
 def test_pretrain_bad_input(photos, tmp_path, capsys):
     assert _pretrain(tmp_path / "nope", tmp_path / "o", "--max-steps", "1") == 2
     assert "--images" in capsys.readouterr().err
@@ -54,6 +68,11 @@ def test_pretrain_bad_input(photos, tmp_path, capsys):
     assert "last.ckpt" in capsys.readouterr().err
     assert main(["pretrain", "--images", str(photos), "--out", str(tmp_path / "o"), "--size", "18"]) == 2
     assert "--size" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(tmp_path / "o")]) == 2
+    assert "--images is required" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("sizes: 3\n")
+    assert main(["pretrain", "--config", str(tmp_path / "bad.yaml"), "--images", str(photos), "--out", "x"]) == 2
+    assert "unknown setting 'sizes'" in capsys.readouterr().err
 
 
 def test_crops_are_deterministic(photos):

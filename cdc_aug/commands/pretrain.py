@@ -9,8 +9,11 @@ def register(sub, help_text: str) -> None:
         description=help_text + ": an unconditional diffusers UNet2DModel on random-scale crops of photos, "
         "with EMA weights; writes a diffusers DDPMPipeline directory (DDIM scheduler) to OUT/model.",
     )
-    p.add_argument("--images", required=True, help="folder of photographs (searched recursively)")
-    p.add_argument("--out", required=True, help="run directory: checkpoints/, samples/, model/, config.yaml")
+    p.add_argument("--config", default=None,
+                   help="YAML of settings (keys: these flags' names, e.g. max_steps), or a run's config.yaml "
+                        "such as cdc_aug/default_model/training_config.yaml; flags given on the command line win")
+    p.add_argument("--images", default=None, help="folder of photographs (searched recursively); required")
+    p.add_argument("--out", default=None, help="run directory: checkpoints/, samples/, model/, config.yaml; required")
     p.add_argument("--size", type=int, default=64, help="training crop size (default: %(default)s)")
     p.add_argument("--channels", default="32,64,128", help="UNet block widths (default: %(default)s)")
     p.add_argument("--layers-per-block", type=int, default=1)
@@ -26,12 +29,54 @@ def register(sub, help_text: str) -> None:
     p.add_argument("--devices", default="auto", help="Lightning devices (e.g. 4 for DDP on four GPUs)")
     p.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, 32 on CPU")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _parser=p)
+
+
+# keys a run's config.yaml records that are not flags
+RECORD_ONLY = {"image_files", "crops_per_epoch"}
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """Fill flags left at their defaults from ``--config``."""
+    from pathlib import Path
+
+    import yaml
+
+    from cdc_aug.errors import UserError
+
+    path = Path(args.config)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise UserError(f"--config: cannot read {path} ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise UserError(f"--config: {path} is not valid YAML ({str(e).splitlines()[0]})") from e
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]  # a run's config.yaml: settings + software environment
+    if not isinstance(data, dict):
+        raise UserError(f"--config: {path} must hold a mapping of settings")
+    parser = args._parser
+    flags = {a.dest for a in parser._actions} - {"help", "config", "func", "_parser"}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest in RECORD_ONLY:
+            continue
+        if dest not in flags:
+            raise UserError(f"--config: {path}: unknown setting {key!r}")
+        if getattr(args, dest) == parser.get_default(dest):
+            if dest == "channels" and isinstance(value, list):
+                value = ",".join(map(str, value))
+            setattr(args, dest, value)
 
 
 def run(args: argparse.Namespace) -> int:
     from cdc_aug.errors import UserError
 
+    if args.config:
+        _apply_config(args)
+    for name in ("images", "out"):
+        if not getattr(args, name):
+            raise UserError(f"--{name} is required (on the command line or in --config)")
     try:
         channels = tuple(int(c) for c in args.channels.split(","))
     except ValueError as e:
