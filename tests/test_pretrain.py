@@ -85,3 +85,11 @@ def test_crops_are_deterministic(photos):
     b.set_epoch(1)
     assert not bool((a[0] == b[0]).all())
 
+
+
+def test_figures_read_renders_names_the_problem(tmp_path):
+    from cdc_aug.errors import UserError
+    from cdc_aug.pretrain.figures import read_renders
+
+    with pytest.raises(UserError, match="--renders .*no shards"):
+        read_renders(tmp_path, ["k"])
