@@ -27,7 +27,7 @@ for name in ("coffee", "chelsea", "rocket", "astronaut"):
         Image.fromarray(getattr(d, name)()).save(p)
 PY
 OMP_NUM_THREADS=1 .venv/bin/cdc-aug pretrain --config configs/pretrain_default.yaml \
-    --max-steps "${MAX_STEPS:-STEPS_TBD}" "$@"
+    --max-steps "${MAX_STEPS:-2030}" "$@"
 rm -rf cdc_aug/default_model.new
 cp -r runs/pretrain-default/model cdc_aug/default_model.new
 cp cdc_aug/default_model/MODEL_CARD.md cdc_aug/default_model.new/ 2>/dev/null || true
