@@ -95,10 +95,17 @@ def main() -> None:
     untrained = UNet2DModel.from_config(pipe.unet.config).eval()
     real = photo_crops(Path(args.heldout), args.n, args.size, seed=1)
     f_real = features(real)
-    mu, sd = f_real.mean(0), f_real.std(0) + 1e-6
+    mu, sd = f_real.mean(0), f_real.std(0)
+    # colour-histogram bins empty in every held-out crop have zero spread: standardising by
+    # it would let one stray pixel dominate the kernel, so such features are dropped and
+    # z-scores are clipped
+    keep = sd > 1e-4
+
+    def z(f):
+        return np.clip((f[:, keep] - mu[keep]) / sd[keep], -10, 10)
 
     def score(imgs):
-        return kid((features(imgs) - mu) / sd, (f_real - mu) / sd)
+        return kid(z(features(imgs)), z(f_real))
 
     rows = [
         ("shipped model", samples(pipe.unet.eval(), pipe.scheduler.config, args.n, args.size, args.steps, 0)),
