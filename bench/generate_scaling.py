@@ -65,7 +65,7 @@ def main() -> None:
         views = 8
         small = make_renders(tmp / "small", shapes=max(4, args.scaling_samples // views), views=views, size=args.size)
         # warm-up (imports, page cache) so neither timed run pays it alone
-        run_generate(small, tmp / "warm", 1, 1, args.model, args.batch_size)
+        run_generate(small, tmp / "warm", 1, 2, args.model, args.batch_size)
         one = run_generate(small, tmp / "one", 1, args.steps, args.model, args.batch_size)
         two = run_generate(small, tmp / "two", 2, args.steps, args.model, args.batch_size)
         print(f"scaling ({one['samples']} samples, {args.size}px, {args.steps} DDIM steps, 1 thread/process):")
