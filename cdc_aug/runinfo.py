@@ -78,3 +78,19 @@ def check_resume(out_dir: str | os.PathLike, config: dict[str, Any], overwrite: 
             f"{out_dir} holds a run with other parameters ({', '.join(diff)}); "
             "choose another --out or pass --overwrite"
         )
+
+
+def read_settings_file(path: str | os.PathLike, flag: str = "--config") -> dict[str, Any]:
+    """A YAML file of settings for ``flag``; a run's own config.yaml gives its settings."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise UserError(f"{flag}: cannot read {p} ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise UserError(f"{flag}: {p} is not valid YAML ({str(e).splitlines()[0]})") from e
+    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "environment" in data:
+        data = data["config"]  # a run's config.yaml: settings + software environment
+    if not isinstance(data, dict):
+        raise UserError(f"{flag}: {p} must hold a mapping of settings")
+    return data

@@ -38,23 +38,10 @@ RECORD_ONLY = {"image_files", "crops_per_epoch"}
 
 def _apply_config(args: argparse.Namespace) -> None:
     """Fill flags left at their defaults from ``--config``."""
-    from pathlib import Path
-
-    import yaml
-
     from cdc_aug.errors import UserError
+    from cdc_aug.runinfo import read_settings_file
 
-    path = Path(args.config)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise UserError(f"--config: cannot read {path} ({e.strerror})") from e
-    except yaml.YAMLError as e:
-        raise UserError(f"--config: {path} is not valid YAML ({str(e).splitlines()[0]})") from e
-    if isinstance(data, dict) and isinstance(data.get("config"), dict):
-        data = data["config"]  # a run's config.yaml: settings + software environment
-    if not isinstance(data, dict):
-        raise UserError(f"--config: {path} must hold a mapping of settings")
+    data = read_settings_file(args.config)
     parser = args._parser
     flags = {a.dest for a in parser._actions} - {"help", "config", "func", "_parser"}
     for key, value in data.items():
@@ -62,7 +49,7 @@ def _apply_config(args: argparse.Namespace) -> None:
         if dest in RECORD_ONLY:
             continue
         if dest not in flags:
-            raise UserError(f"--config: {path}: unknown setting {key!r}")
+            raise UserError(f"--config: {args.config}: unknown setting {key!r}")
         if getattr(args, dest) == parser.get_default(dest):
             if dest == "channels" and isinstance(value, list):
                 value = ",".join(map(str, value))

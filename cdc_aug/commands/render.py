@@ -39,21 +39,10 @@ GT_KEYS = ("gt_surface_points", "gt_sdf_points", "gt_occ_points")
 
 def _apply_config(args: argparse.Namespace) -> dict:
     """Fill flags left at their defaults from ``--config``; returns the extra options."""
-    from pathlib import Path
-
-    import yaml
-
     from cdc_aug.errors import UserError
+    from cdc_aug.runinfo import read_settings_file
 
-    path = Path(args.config)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise UserError(f"--config: cannot read {path} ({e.strerror})") from e
-    except yaml.YAMLError as e:
-        raise UserError(f"--config: {path} is not valid YAML ({str(e).splitlines()[0]})") from e
-    if not isinstance(data, dict):
-        raise UserError(f"--config: {path} must hold a mapping of settings")
+    data = read_settings_file(args.config)
     parser, extra = args._parser, {}
     flags = {a.dest for a in parser._actions} - {"help", "config", "func", "_parser"}
     for key, value in data.items():
@@ -61,7 +50,7 @@ def _apply_config(args: argparse.Namespace) -> dict:
         if dest in GT_KEYS:
             extra[dest] = int(value)
         elif dest not in flags:
-            raise UserError(f"--config: {path}: unknown setting {key!r}")
+            raise UserError(f"--config: {args.config}: unknown setting {key!r}")
         elif getattr(args, dest) == parser.get_default(dest):
             if dest == "categories" and isinstance(value, list):
                 value = ",".join(map(str, value))
