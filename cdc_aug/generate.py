@@ -24,9 +24,11 @@ import numpy as np
 from . import __version__
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .errors import UserError
-from .layout import SPLITS, read_splits, shapes_dir, split_of_key
+from .layout import SPLITS, read_splits, shapes_dir, split_of_key, view_of_key
 from .runinfo import check_resume, derive_seed, write_config
 from .samples import decode_json, decode_png
+from .sampling import DEFAULTS as D
+from .sampling import parse_model_size, pipeline_size
 from .scenes import DEFAULT_NEGATIVE, DEFAULT_PROMPT, check_template, load_scenes, make_prompt
 from .shards import Failure, ShardStore, iter_tar_samples, read_index
 
@@ -43,24 +45,26 @@ class GenerateConfig:
     in_dir: str
     out_dir: str
     mode: str = "ilvr"  # "ilvr" | "copy-paste"
-    t_in: float = 0.5
-    t_out: float = 0.0
-    n_in: int = 1
-    n_out: int = 1
-    space: str = "x0"
-    blur: str = "auto"
+    t_in: float = D.t_in
+    t_out: float = D.t_out
+    n_in: int = D.n_in
+    n_out: int = D.n_out
+    space: str = D.space
+    blur: str = D.blur
     model: str | None = None
-    steps: int = 50
-    guidance: float = 5.0
+    model_size: str = D.model_size  # native | input | N | WxH: the size the model samples at
+    steps: int = D.steps
+    guidance: float = D.guidance
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = DEFAULT_NEGATIVE
     scenes: str | None = None
     backgrounds: str | None = None
-    resample_start: float = 0.0
-    jump_length: int = 1
-    jump_n_sample: int = 1
-    seed: int = 0
+    resample_start: float = D.resample_start
+    jump_length: int = D.jump_length
+    jump_n_sample: int = D.jump_n_sample
+    seed: int = D.seed
     split: str = "train"
+    views: list[int] | None = None  # only these view indices (None: every view)
     dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     # The grey the object is placed on to form the reference image; only the blur at
     # the mask border sees it (t_out = 0 frees the background).
@@ -96,6 +100,7 @@ def check_config(cfg: GenerateConfig) -> None:
         raise UserError("--mode copy-paste needs --backgrounds DIR")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise UserError(f"--batch-size {cfg.batch_size}: must be at least 1")
+    parse_model_size(cfg.model_size)
     check_template(cfg.prompt)
     load_scenes(cfg.scenes)
     src = Path(cfg.in_dir)
@@ -106,6 +111,11 @@ def check_config(cfg: GenerateConfig) -> None:
         raise UserError(f"--in {cfg.in_dir}: holds a '{index.get('stage')}' stage, not renders")
     if not index.get("shards") or not index.get("num_samples"):
         raise UserError(f"--in {cfg.in_dir}: holds no samples")
+    if cfg.views is not None and index.get("views") is not None:
+        missing = sorted(v for v in cfg.views if not 0 <= v < int(index["views"]))
+        if missing:
+            raise UserError(f"--views: {cfg.in_dir} has {index['views']} views per shape (0-{int(index['views']) - 1}), "
+                            f"not {', '.join(map(str, missing))}")
     if cfg.split != "all":
         splits = read_splits(src)
         if cfg.split not in splits:
@@ -184,6 +194,7 @@ class Augmenter:
         # in any batch, on any rank.
         gens = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs = dict(
+            **pipeline_size(parse_model_size(cfg.model_size), refs[0].shape[:2]),
             image=refs,
             mask_image=masks,
             t_in=cfg.t_in,
@@ -217,6 +228,7 @@ class Augmenter:
                 "space": cfg.space,
                 "blur": cfg.blur,
                 "steps": cfg.steps,
+                "model_size": cfg.model_size,
                 "reference_grey": cfg.reference_grey,
             }
             if cfg.resample_start > 0:
@@ -393,6 +405,11 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
 
         def keep(key):
             return split_of_key(key) in wanted
+    if cfg.views is not None:
+        views, in_split = set(cfg.views), keep
+
+        def keep(key):
+            return in_split(key) and view_of_key(key) in views
 
     mine = [i for i in range(len(in_shards)) if i % info.world_size == info.rank]
     total = _count_wanted(in_shards, keep, int(src_index["num_samples"]))

@@ -67,3 +67,8 @@ def shape_key(synset: str, model_id: str) -> str:
 def split_of_key(sample_key: str) -> str:
     """The shape key of a sample key ``<synset>_<model_id>_<view>``."""
     return sample_key.rsplit("_", 1)[0]
+
+
+def view_of_key(sample_key: str) -> int:
+    """The view index of a sample key ``<synset>_<model_id>_<view>``."""
+    return int(sample_key.rsplit("_", 1)[1])
