@@ -265,7 +265,7 @@ class MaskedILVRPipeline(DiffusionPipeline):
         z = z / self.vae.config.scaling_factor + shift
         return self.vae.decode(z.to(self.vae.dtype)).sample.float()
 
-    def _model_output(self, x, t, cond, guidance_scale, inpaint_cond):
+    def _model_output(self, x, t, cond, guidance_scale, inpaint_cond, unet_dtype):
         """The UNet's output for state ``x`` in float32, classifier-free guidance applied."""
         x_in = self.scheduler.scale_model_input(x, t)
         use_cfg = cond is not None and cond.shape[0] == 2 * x.shape[0]
@@ -273,7 +273,7 @@ class MaskedILVRPipeline(DiffusionPipeline):
             x_in = torch.cat([x_in, x_in])
         if inpaint_cond is not None:
             x_in = torch.cat([x_in, *(torch.cat([c, c]) if use_cfg else c for c in inpaint_cond)], dim=1)
-        x_in = x_in.to(self.unet.dtype)
+        x_in = x_in.to(unet_dtype)
         if cond is None:
             out = self.unet(x_in, t).sample
         else:
@@ -489,6 +489,8 @@ class MaskedILVRPipeline(DiffusionPipeline):
         if "generator" in params:
             step_kwargs["generator"] = generator
         kind = self.scheduler.config.prediction_type
+        # `unet.dtype` walks every parameter: read once, not once per step
+        unet_dtype = self.unet.dtype
 
         # 5. Denoising loop (with RePaint jumps where the plan has them)
         plan = step_plan(num_steps, resample_start, jump_length, jump_n_sample)
@@ -504,7 +506,7 @@ class MaskedILVRPipeline(DiffusionPipeline):
                 t = timesteps[k]
                 mt = time_masks[k]
                 inpaint_cond = inpaint_conds[k] if inpaint_conds is not None else None
-                out = self._model_output(x, t, cond, guidance_scale, inpaint_cond)
+                out = self._model_output(x, t, cond, guidance_scale, inpaint_cond, unet_dtype)
                 if guided[k] and space == "x0":
                     ab = alphas[t]
                     x0 = _to_x0(out, x, ab, kind)
