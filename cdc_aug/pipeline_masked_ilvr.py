@@ -305,11 +305,10 @@ class MaskedILVRPipeline(DiffusionPipeline):
             key = id(mt)
             if key not in cache:
                 kept = keep * mt
-                if bool(kept.max() > 0):
-                    # background: the encoded masked image as diffusers and the paper pass it
-                    cache[key] = (1 - kept, masked_latents * (1 - keep + kept))
-                else:
-                    cache[key] = (torch.ones_like(keep), torch.zeros_like(masked_latents))
+                # per sample: is any of its object still guided? (a batch mixes samples)
+                active = (kept.amax(dim=(1, 2, 3), keepdim=True) > 0).float()
+                # while active, the background holds the encoded masked image, as diffusers and the paper pass it
+                cache[key] = (1 - kept, masked_latents * (1 - keep + kept) * active)
             conds.append(cache[key])
         return conds
 

@@ -203,3 +203,16 @@ def test_stable_diffusion_pipeline_directory_loads(tmp_path):
                             requires_safety_checker=False).save_pretrained(tmp_path / "sd")
     pipe = models.load_pipeline(str(tmp_path / "sd"))
     assert pipe.is_text_conditioned and pipe.tokenizer.model_max_length == 16
+
+
+def test_inpainting_batch_matches_single_samples_when_guidance_ends_at_different_steps(inpaint):
+    # sample 1's object is empty (nothing guided): its conditioning switches to "generate
+    # everything" at once, while sample 0's object is still kept
+    refs, masks = [reference(3), reference(4)], [square_mask(), np.zeros((SIZE, SIZE), np.float32)]
+    with pytest.warns(UserWarning, match="is empty"):
+        both = inpaint(refs, masks, prompt="a chair", t_in=0.5, generator=[torch.Generator().manual_seed(s) for s in (7, 8)],
+                       num_inference_steps=STEPS, output_type="np").images
+    for i, seed in enumerate((7, 8)):
+        alone = inpaint(refs[i], masks[i], prompt="a chair", t_in=0.5, generator=[torch.Generator().manual_seed(seed)],
+                        num_inference_steps=STEPS, output_type="np").images
+        np.testing.assert_allclose(both[i], alone[0], atol=1e-5)
