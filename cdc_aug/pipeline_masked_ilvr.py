@@ -10,6 +10,10 @@ serves three kinds of model:
 - Stable Diffusion inpainting (a 9-channel UNet), conditioned on "keep the object,
   generate the rest" while the object is guided and on "generate everything" after.
 
+Like diffusers pipelines it samples at the model's native size (``height``/``width``,
+default ``unet.config.sample_size × vae_scale_factor``: 512² for SD 1.5) and returns the
+input's size, so a 224² render runs on SD's 64² latent grid, not on a 28² one.
+
 Guidance in x0 space (default) is applied to the model output, not to the scheduler:
 the predicted clean sample is guided and the output is rebuilt in the model's own
 parameterisation, so ``scheduler.step`` runs unchanged and DDIM, DDPM, DPM-Solver,
@@ -243,6 +247,8 @@ class MaskedILVRPipeline(DiffusionPipeline):
         if prompt is not None and not self.is_text_conditioned:
             warnings.warn("`prompt` is ignored: this model is unconditional", stacklevel=3)
 
+    # Follows diffusers' StableDiffusionPipeline.encode_prompt (padding to the tokenizer's
+    # max length, an attention mask only where the encoder asks for one), without LoRA and clip-skip.
     @torch.no_grad()
     def encode_prompt(self, prompt: list[str], device) -> torch.Tensor:
         tok = self.tokenizer(
@@ -254,6 +260,7 @@ class MaskedILVRPipeline(DiffusionPipeline):
             attn = tok.attention_mask.to(device)
         return self.text_encoder(tok.input_ids.to(device), attention_mask=attn)[0]
 
+    # Follows diffusers' retrieve_latents(..., sample_mode="argmax") with scaling_factor / shift_factor.
     def _encode_vae(self, x: torch.Tensor) -> torch.Tensor:
         # The distribution's mode: the reference must not depend on the generator.
         z = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode().float()
@@ -483,6 +490,7 @@ class MaskedILVRPipeline(DiffusionPipeline):
         shape = (batch, y0.shape[1], y0.shape[2], y0.shape[3])
         x = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         x = x * self.scheduler.init_noise_sigma
+        # Follows diffusers' prepare_extra_step_kwargs: a generator only where step() takes one.
         step_kwargs = {}
         params = inspect.signature(self.scheduler.step).parameters
         if "generator" in params:
