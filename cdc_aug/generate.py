@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 # how fast the work is done, not what it produces.
 RUNTIME_KEYS = ("batch_size", "device", "overwrite", "threads", "out_dir", "progress")
 COPIED_FIELDS = ("mask.png", "camera.json", "meta.json")
+# Copied when the render has them: the Laplacian loss of `cdc-aug train` needs the view's
+# normal and depth maps, and the paper trains augmented images with the clean view's
+# normals, so augmented and clean samples get the same losses (train_svr/README.md).
+TRAINING_FIELDS = ("normal.png", "depth.npy")
 
 
 @dataclass
@@ -300,6 +304,9 @@ def _shard_samples(
             out = {"__key__": s["__key__"], "image.png": image, "aug.json": {**info, "key": s["__key__"]}}
             for f in COPIED_FIELDS:
                 out[f] = raw[f]
+            for f in TRAINING_FIELDS:
+                if f in raw:
+                    out[f] = raw[f]
             yield out
         progress.add(len(batch))
 
