@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -65,6 +66,7 @@ class GenerateConfig:
     jump_n_sample: int = 1
     seed: int = 0
     split: str = "train"
+    label: str | None = None  # the domain name reports use (eval.evaluate.domain_of)
     dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     # The grey the object is placed on to form the reference image; only the blur at
     # the mask border sees it (t_out = 0 frees the background).
@@ -98,6 +100,8 @@ def check_config(cfg: GenerateConfig) -> None:
         raise UserError(f"--space {cfg.space}: choose x0 or xt")
     if cfg.mode == "copy-paste" and not cfg.backgrounds:
         raise UserError("--mode copy-paste needs --backgrounds DIR")
+    if cfg.label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}", cfg.label):
+        raise UserError(f"--label {cfg.label!r}: use 1-64 letters, digits, - _ . =")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise UserError(f"--batch-size {cfg.batch_size}: must be at least 1")
     check_template(cfg.prompt)
@@ -426,7 +430,9 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
         "mode": cfg.mode,
         "t_in": cfg.t_in,
         "t_out": cfg.t_out,
+        "space": cfg.space,
         "split": cfg.split,
+        "label": cfg.label,
         "cdc_aug": __version__,
     }
     index = store.finalize(len(in_shards), extra=extra)
