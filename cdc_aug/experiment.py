@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def tag(t: float) -> str:
     return f"t{round(t * 100):03d}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def command_options(command: str) -> dict[str, Any]:
     """``{dest: argparse action}`` of a ``cdc-aug`` subcommand: the one declaration of what
     the experiment may pass on."""

@@ -337,9 +337,9 @@ class _Doc:
 def build_report(eval_dirs: list, out_dir: str | os.PathLike) -> Path:
     """Write report.md, report.html, results.csv, figures/ and config.yaml into ``out_dir``;
     returns the path of report.html."""
-    from cdc_aug.runinfo import write_config
-
     import matplotlib
+
+    from cdc_aug.runinfo import write_config
 
     if not eval_dirs:
         raise UserError("give at least one evaluation directory")
