@@ -143,8 +143,8 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
             raise UserError(f"{path}: '{key}' must be a mapping")
         cfg[key] = cfg.get(key) or {}
     cfg.setdefault("name", p.stem)
-    if not DOMAIN_NAME.fullmatch(str(cfg["name"])):
-        raise UserError(f"{path}: name {cfg['name']!r}: use letters, digits and -")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", str(cfg["name"])):
+        raise UserError(f"{path}: name {cfg['name']!r}: use letters, digits, - and _")
     _check_keys(f"{path}: render", cfg["render"], "render")
     _check_keys(f"{path}: generate", cfg["generate"], "generate", EXTRA_KEYS["generate"])
     _check_keys(f"{path}: eval", cfg["eval"], "eval")
