@@ -284,6 +284,34 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
     return stages
 
 
+def machine_info() -> dict[str, Any]:
+    """What ran the experiment, for the README's statement of conditions."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+                            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - the record must not stop the experiment
+        pass
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return info
+
+
 def run_experiment(path: str | Path, dry_run: bool = False, log=print) -> int:
     cfg = load_experiment(path)
     stages = plan(cfg)
@@ -301,7 +329,10 @@ def run_experiment(path: str | Path, dry_run: bool = False, log=print) -> int:
         prefix = f"[{i}/{len(stages)}] {s.name}"
         if s.is_done(runs):
             log(f"{prefix}: done before, skipped")
-            timings.append((s.name, 0.0, "skipped"))
+            try:  # the marker holds the stage's own duration, so timings survive a resume
+                timings.append((s.name, float(s.marker(runs).read_text().split()[0]), "earlier"))
+            except (OSError, ValueError, IndexError):
+                timings.append((s.name, 0.0, "skipped"))
             continue
         logfile = logs / (s.name.replace(" ", "_") + ".log")
         argv = list(s.argv)
@@ -321,7 +352,17 @@ def run_experiment(path: str | Path, dry_run: bool = False, log=print) -> int:
         s.marker(runs).write_text(f"{dt:.1f}\n")
         log(f"{prefix}: ok in {dt:.0f}s -> {s.output}")
         timings.append((s.name, dt, "ran"))
-    total = time.monotonic() - t_all
+    wall = time.monotonic() - t_all
+    total = sum(d for _, d, _ in timings)  # every stage's own time, this call's and earlier ones
     (runs / "timings.tsv").write_text("".join(f"{n}\t{d:.1f}\t{st}\n" for n, d, st in timings) + f"total\t{total:.1f}\t\n")
-    log(f"experiment {cfg['name']}: finished in {total:.0f}s; report in {stages[-1].output}")
+    # Only when every stage ran in this call are the timings those of one uninterrupted run.
+    note = None
+    if any(st != "ran" for _, _, st in timings):
+        note = f"resumed; this call ran {wall / 60:.0f} min, the times are every stage's own, summed"
+    import json
+
+    (runs / "machine.json").write_text(json.dumps({**machine_info(), "finished": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                  time.gmtime()), "note": note}, indent=1) + "\n")
+    log(f"experiment {cfg['name']}: finished in {wall:.0f}s (stages {total:.0f}s in all); report in "
+        f"{stages[-1].output}; stage times in {runs / 'timings.tsv'}")
     return 0
