@@ -191,3 +191,32 @@ def test_iou_helper_and_bad_input():
     assert np.isnan(iou(np.zeros(3), np.zeros(3)))  # undefined, as im2mesh's compute_iou
     with pytest.raises(ValueError, match="gt_points"):
         point_metrics(np.zeros((2, 3)), None, np.zeros((2, 2)), None)
+
+
+def im2mesh_eval_pointcloud(pred, pred_n, gt, gt_n) -> dict:
+    """im2mesh.eval.MeshEvaluator.eval_pointcloud's definitions, written out with brute-force
+    distances (its KD-tree only speeds them up)."""
+    from scipy.spatial.distance import cdist
+
+    def p2p(src, src_n, tgt, tgt_n):
+        d = cdist(src, tgt)
+        idx = d.argmin(axis=1)
+        src_n = src_n / np.linalg.norm(src_n, axis=-1, keepdims=True)
+        tgt_n = tgt_n / np.linalg.norm(tgt_n, axis=-1, keepdims=True)
+        return d[np.arange(len(src)), idx], np.abs((tgt_n[idx] * src_n).sum(axis=-1))
+
+    comp, comp_n = p2p(gt, gt_n, pred, pred_n)
+    acc, acc_n = p2p(pred, pred_n, gt, gt_n)
+    return {"completeness": comp.mean(), "accuracy": acc.mean(), "normals": 0.5 * comp_n.mean() + 0.5 * acc_n.mean(),
+            "chamfer-L2": 0.5 * ((comp ** 2).mean() + (acc ** 2).mean()), "chamfer-L1": 0.5 * (comp.mean() + acc.mean())}
+
+
+def test_point_metrics_match_im2mesh_definitions():
+    rng = np.random.default_rng(4)
+    pred, gt = rng.normal(size=(700, 3)) * 0.2, rng.normal(size=(900, 3)) * 0.25
+    pred_n, gt_n = rng.normal(size=(700, 3)), rng.normal(size=(900, 3))
+    ours = point_metrics(pred, pred_n, gt, gt_n)
+    ref = im2mesh_eval_pointcloud(pred, pred_n, gt, gt_n)
+    for a, b in [("accuracy", "accuracy"), ("completeness", "completeness"), ("chamfer_l1", "chamfer-L1"),
+                 ("chamfer_l2", "chamfer-L2"), ("normal_consistency", "normals")]:
+        assert ours[a] == pytest.approx(ref[b], abs=1e-12), a
