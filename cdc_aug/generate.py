@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 # how fast the work is done, not what it produces.
 RUNTIME_KEYS = ("batch_size", "device", "overwrite", "threads", "out_dir", "progress")
 COPIED_FIELDS = ("mask.png", "camera.json", "meta.json")
+# Copied when the render has them: the Laplacian loss of `cdc-aug train` needs the view's
+# normal and depth maps, and the paper trains augmented images with the clean view's
+# normals, so augmented and clean samples get the same losses (train_svr/README.md).
+TRAINING_FIELDS = ("normal.png", "depth.npy")
 
 
 @dataclass
@@ -65,6 +70,7 @@ class GenerateConfig:
     seed: int = D.seed
     split: str = "train"
     views: list[int] | None = None  # only these view indices (None: every view)
+    label: str | None = None  # the domain name reports use (eval.evaluate.domain_of)
     dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     # The grey the object is placed on to form the reference image; only the blur at
     # the mask border sees it (t_out = 0 frees the background).
@@ -98,6 +104,8 @@ def check_config(cfg: GenerateConfig) -> None:
         raise UserError(f"--space {cfg.space}: choose x0 or xt")
     if cfg.mode == "copy-paste" and not cfg.backgrounds:
         raise UserError("--mode copy-paste needs --backgrounds DIR")
+    if cfg.label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}", cfg.label):
+        raise UserError(f"--label {cfg.label!r}: use 1-64 letters, digits, - _ . =")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise UserError(f"--batch-size {cfg.batch_size}: must be at least 1")
     parse_model_size(cfg.model_size)
@@ -312,6 +320,9 @@ def _shard_samples(
             out = {"__key__": s["__key__"], "image.png": image, "aug.json": {**info, "key": s["__key__"]}}
             for f in COPIED_FIELDS:
                 out[f] = raw[f]
+            for f in TRAINING_FIELDS:
+                if f in raw:
+                    out[f] = raw[f]
             yield out
         progress.add(len(batch))
 
@@ -436,7 +447,9 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
         "mode": cfg.mode,
         "t_in": cfg.t_in,
         "t_out": cfg.t_out,
+        "space": cfg.space,
         "split": cfg.split,
+        "label": cfg.label,
         "cdc_aug": __version__,
     }
     index = store.finalize(len(in_shards), extra=extra)

@@ -75,6 +75,9 @@ def domain_of(index: dict) -> dict:
         return {"stage": "render", "domain": "clean", "mode": None, "t_in": None}
     mode = index.get("mode")
     t_in = index.get("t_in")
+    if index.get("label"):  # `cdc-aug generate --label`: the name the experiment gave this domain
+        return {"stage": stage, "domain": str(index["label"]), "mode": mode,
+                "t_in": None if t_in is None or mode != "ilvr" else float(t_in)}
     if mode == "copy-paste":
         return {"stage": stage, "domain": "copy-paste", "mode": mode, "t_in": None}
     if mode == "ilvr":

@@ -1,11 +1,13 @@
 """Ground truth per shape, in the unit cube (cdc_aug.layout): SDF samples concentrated
 near the surface (as DISN), surface points with normals, uniform occupancy points.
 
-Inside/outside comes from libigl's fast generalised winding number (Barill et al. 2018,
-``igl.fast_winding_number``): it is robust to holes, overlapping parts and
-self-intersections, which ShapeNet and furniture meshes are full of; a point counts as
-inside when its winding number exceeds 0.5. Distances are exact point-to-triangle
-distances (``igl.point_mesh_squared_distance``).
+Inside/outside (SDF signs, occupancy labels) comes from ``cdc_aug.occupancy``, the test
+``eval.metrics`` scores 3D IoU with: the generalised winding number (robust to holes,
+overlapping parts and self-intersections, which ShapeNet and furniture meshes are full
+of) over faces first oriented outward per connected patch, so that flipped or
+mixed-winding meshes get the same labels as well-oriented ones. Surface normals come from
+the same oriented faces (outward). Distances are exact point-to-triangle distances
+(``igl.point_mesh_squared_distance``).
 """
 
 from __future__ import annotations
@@ -16,17 +18,10 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from cdc_aug.occupancy import Solid, inside
+
 PADDING = 0.1  # occupancy and uniform SDF points fill [-0.55, 0.55]^3, as Occupancy Networks
 DATASETS = ("sdf_samples", "surface_points", "surface_normals", "occ_points", "occ_labels")
-
-
-def winding_inside(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    import igl
-
-    V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
-    F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
-    w = igl.fast_winding_number(V, F, np.ascontiguousarray(points, dtype=np.float64))
-    return w > 0.5
 
 
 def unsigned_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
@@ -41,15 +36,16 @@ def unsigned_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
 def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     """Negative inside, positive outside (cdc_aug.layout)."""
     d = unsigned_distance(mesh, points)
-    return np.where(winding_inside(mesh, points), -d, d)
+    return np.where(inside(mesh, points), -d, d)
 
 
 def compute(mesh: trimesh.Trimesh, seed: int, surface_points: int = 100_000, sdf_points: int = 32_768,
             occ_points: int = 100_000) -> dict[str, np.ndarray]:
     """The arrays of one shape file. ``mesh`` is already in the unit cube."""
     rng = np.random.default_rng(seed)
+    solid = Solid(mesh)  # faces oriented once, for the normals and the inside test below
     pts, face_idx = trimesh.sample.sample_surface(mesh, surface_points, seed=int(rng.integers(2**31)))
-    normals = np.asarray(mesh.face_normals)[face_idx]
+    normals = solid.face_normals[face_idx]
     # DISN-style: most samples hug the surface at two scales, the rest fill the box.
     n_near = int(sdf_points * 0.4)
     n_uniform = sdf_points - 2 * n_near
@@ -61,9 +57,9 @@ def compute(mesh: trimesh.Trimesh, seed: int, surface_points: int = 100_000, sdf
     q = np.concatenate([near, uniform])
     occ = rng.uniform(-half, half, size=(occ_points, 3))
     # one winding-number pass for both point sets: the tree over the mesh is built once
-    inside = winding_inside(mesh, np.concatenate([q, occ]))
-    sdf = np.where(inside[: len(q)], -1.0, 1.0) * unsigned_distance(mesh, q)
-    labels = inside[len(q):]
+    ins = solid.contains(np.concatenate([q, occ]))
+    sdf = np.where(ins[: len(q)], -1.0, 1.0) * unsigned_distance(mesh, q)
+    labels = ins[len(q):]
     return {
         "sdf_samples": np.concatenate([q, sdf[:, None]], axis=1).astype(np.float32),
         "surface_points": pts.astype(np.float32),

@@ -3,8 +3,9 @@ ground truth, and the loaders that split them across nodes, ranks and workers.
 
 A sample for the model: the input image (``input_image``), its camera rescaled to the
 training resolution, the mask, and - for render samples - the normal and depth maps the
-Laplacian loss needs. Generate runs carry no normals or depth: their samples get
-``has_detail = 0`` and the Laplacian term skips them (the SDF losses still apply).
+Laplacian loss needs. Generate runs copy the render's normal and depth maps, so their
+samples get the same losses as clean ones; a sample without them (an older generate
+run) gets ``has_detail = 0`` and the Laplacian term skips it (the SDF losses still apply).
 
 Splitting: the train samples of a shard set, in shard order, are cut into
 ``world_size * num_workers`` contiguous blocks, one per (rank, worker), so each worker

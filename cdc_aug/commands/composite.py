@@ -75,7 +75,8 @@ def register(sub, help_text: str) -> None:
 # --config keys that are not composite's flags: what its own .yaml records besides them, and
 # generate's dataset settings, so that one preset (configs/generate/*.yaml) serves both commands
 RECORD_ONLY = ("model_identity", "sweep", "views", "split", "mode", "scenes", "backgrounds", "batch_size",
-               "nproc", "threads", "overwrite", "no_progress", "in_dir", "out_dir", "reference_grey", "progress")
+               "nproc", "threads", "overwrite", "no_progress", "in_dir", "out_dir", "reference_grey", "progress",
+               "label")
 
 
 def parse_sweeps(specs: list[str]) -> list[tuple[str, list]]:

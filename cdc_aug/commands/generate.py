@@ -43,7 +43,11 @@ def register(sub, help_text: str) -> None:
     p.add_argument("--prompt", default=None, help="template with {category} and {scene} (text models)")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--scenes", default=None, help="file with one scene per line (default: built-in list)")
-    p.add_argument("--backgrounds", default=None, help="photo directory for --mode copy-paste")
+    p.add_argument("--backgrounds", default=None,
+                   help="photo directory, or a text file listing photos, for --mode copy-paste")
+    p.add_argument("--label", default=None,
+                   help="the test-domain name evaluation and reports use for this run (default: from the "
+                        "mode and t_in, e.g. t_in=0.5 or copy-paste); letters, digits, - _ . = only")
     p.add_argument("--resample-start", type=float, default=D.resample_start,
                    help="RePaint resampling from this fraction (0: off)")
     p.add_argument("--jump-length", type=int, default=D.jump_length, help="default %(default)s")
@@ -116,6 +120,7 @@ def make_configs(args: argparse.Namespace):
                 seed=args.seed,
                 split=args.split,
                 views=parse_views(args.views),
+                label=args.label,
                 dtype=args.dtype,
                 batch_size=args.batch_size,
                 device=args.device,
