@@ -38,7 +38,7 @@ from cdc_aug.pipeline_masked_ilvr import MaskedILVRPipeline  # noqa: E402
 def small_unet(size: int):
     from diffusers import UNet2DModel
 
-    # the bundled default model's architecture (DESIGN §6): 2.5 M parameters, no attention
+    # the bundled default model's architecture (cdc_aug/default_model/MODEL_CARD.md), 2.5 M parameters
     return UNet2DModel(
         sample_size=size, in_channels=3, out_channels=3, block_out_channels=(32, 64, 128), layers_per_block=1,
         down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3, add_attention=False,

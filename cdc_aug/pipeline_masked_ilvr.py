@@ -1,4 +1,4 @@
-"""Masked ILVR (Hachnochi et al. 2023) as a diffusers pipeline; DESIGN §3.
+"""Masked ILVR (Hachnochi et al. 2023) as a diffusers pipeline; docs/design.md §4.
 
 A reference image's low frequencies are injected into a pretrained model's sampling,
 per region: the object (mask 1) is guided for the first ``t_in`` fraction of the steps

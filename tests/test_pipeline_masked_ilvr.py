@@ -1,4 +1,4 @@
-"""MaskedILVRPipeline with a tiny random pixel-space UNet: DESIGN §3 invariants, checks, I/O."""
+"""MaskedILVRPipeline with a tiny random pixel-space UNet: docs/design.md §4 invariants, checks, I/O."""
 
 import numpy as np
 import PIL.Image
