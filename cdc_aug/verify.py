@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .samples import REQUIRED_FIELDS
-from .shards import iter_tar_samples, read_index, sha256_file
+from .shards import ShardDamaged, check_shard, iter_tar_samples, read_index
 
 
 @dataclass
@@ -41,15 +41,10 @@ def verify(root: str | Path, stage: str | None = None, check_hash: bool = True) 
         listed.add(name)
         path = root / "shards" / name
         report.shards += 1
-        if not path.exists():
-            report.problems.append(f"{name}: missing")
-            continue
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            report.problems.append(f"{name}: {size} bytes, index says {entry['bytes']}")
-            continue
-        if check_hash and sha256_file(path) != entry["sha256"]:
-            report.problems.append(f"{name}: sha256 differs from index.json")
+        try:
+            check_shard(path, entry, check_hash=check_hash)
+        except ShardDamaged as e:
+            report.problems.append(f"{name}: {e.reason}")
             continue
         count = 0
         try:
@@ -62,6 +57,9 @@ def verify(root: str | Path, stage: str | None = None, check_hash: bool = True) 
                 missing = [f for f in required if f not in sample]
                 if missing:
                     report.problems.append(f"{name}: {key} lacks {', '.join(missing)}")
+        except ShardDamaged as e:
+            report.problems.append(f"{name}: {e.reason}")
+            continue
         except (tarfile.TarError, OSError, EOFError) as e:
             report.problems.append(f"{name}: unreadable after {count} samples ({e})")
             continue
