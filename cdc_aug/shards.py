@@ -228,9 +228,10 @@ _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x
                b"\x5d\x00\x00": "lzma"}
 
 
-class ShardDamaged(Exception):
+class ShardDamaged(UserError):
     """A shard that may not be used: missing, resized, altered, compressed or unreadable.
-    ``lost_keys`` are the samples its sidecar lists (None when it has none)."""
+    ``lost_keys`` are the samples its sidecar lists (None when it has none). A UserError,
+    so one that no stage handles is still a one-line message."""
 
     def __init__(self, path: Path, reason: str, lost_keys: list[str] | None = None):
         super().__init__(f"{Path(path).name}: {reason}")
