@@ -79,7 +79,7 @@ def output_lock(out_dir: str | os.PathLike, stage: str = "run"):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+                holder = os.pread(fd, 128, 0).decode("ascii", "replace").strip().split(maxsplit=1)
                 pid = holder[0] if holder else "?"
                 raise UserError(f"{out}: another {holder[1] if len(holder) > 1 else 'run'} (pid {pid}) is "
                                 f"writing this directory; wait for it or choose another --out") from None
