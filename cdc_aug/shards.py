@@ -237,6 +237,14 @@ class ShardDamaged(UserError):
         super().__init__(f"{Path(path).name}: {reason}")
         self.path, self.reason, self.lost_keys = Path(path), reason, lost_keys
 
+    def lost(self, keep=None, show: int = 5) -> str:
+        """``N keys lost (k1, k2, ...)`` for a one-line message."""
+        if self.lost_keys is None:
+            return "its keys are unknown (no sidecar)"
+        keys = [k for k in self.lost_keys if keep is None or keep(k)]
+        more = ", ..." if len(keys) > show else ""
+        return f"{len(keys)} keys lost" + (f" ({', '.join(keys[:show])}{more})" if keys else "")
+
     def failures(self, keep=None) -> list[Failure]:
         """One shard-level Failure, then one per lost key (those ``keep`` accepts); all
         marked ``retry`` so the stage writes the output shard again on its next run."""

@@ -2,7 +2,9 @@
 
 Checks every shard listed in index.json: present, byte count and sha256 as recorded,
 readable to the end, sample count as recorded, no key twice (within or across shards),
-and every field the stage promises present in every sample.
+and every field the stage promises present in every sample. When the render directory
+recorded ground-truth provenance (index.json ``shape_provenance``), every shape file must
+be there, readable and of that provenance (render/groundtruth.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,28 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(root: str | Path, stage: str | None = None, check_hash: bool = True) -> VerifyReport:
+def _check_shapes(root: Path, report: VerifyReport) -> None:
+    from render.groundtruth import GroundTruthError, check_file
+
+    from .errors import UserError
+    from .layout import shape_file, shape_provenance, shapes_dir
+
+    try:
+        digests = shape_provenance(root)
+        shapes = shapes_dir(root) if digests else None
+    except UserError as e:
+        report.problems.append(f"ground truth: {e}")
+        return
+    for key, digest in sorted(digests.items()):
+        synset, model_id = key.split("_", 1)
+        try:
+            check_file(shape_file(shapes, synset, model_id), synset, model_id, digest)
+        except GroundTruthError as e:
+            report.problems.append(f"ground truth: {e}")
+
+
+def verify(root: str | Path, stage: str | None = None, check_hash: bool = True,
+           check_shapes: bool = True) -> VerifyReport:
     root = Path(root)
     index = read_index(root)
     stage = stage or index.get("stage", "render")
@@ -68,6 +91,8 @@ def verify(root: str | Path, stage: str | None = None, check_hash: bool = True) 
         report.samples += count
     if index.get("num_samples") is not None and report.samples != index["num_samples"] and report.ok:
         report.problems.append(f"index.json: num_samples {index['num_samples']} but shards hold {report.samples}")
+    if check_shapes:
+        _check_shapes(root, report)
     stray = sorted(p.name for p in (root / "shards").glob("*.tar") if p.name not in listed)
     if stray:
         report.problems.append(f"shards not in index.json: {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}")

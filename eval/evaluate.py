@@ -91,8 +91,7 @@ def _tar_keys(path: Path, entry: dict) -> list[str]:
         keys = sidecar_keys(path)
         return keys if keys is not None else [s["__key__"] for s in verified_samples(path, entry)]
     except ShardDamaged as e:
-        lost = f"{len(e.lost_keys)} keys lost" if e.lost_keys is not None else "keys unknown"
-        raise UserError(f"{path}: {e.reason} ({lost}); repair or regenerate it") from e
+        raise UserError(f"{path}: {e.reason}; {e.lost()}; repair or regenerate it") from e
 
 
 def view_of(key: str) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ import trimesh
 
 from cdc_aug.errors import UserError
 from cdc_aug.safeio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 PADDING = 0.1  # occupancy and uniform SDF points fill [-0.55, 0.55]^3, as Occupancy Networks
 DATASETS = ("sdf_samples", "surface_points", "surface_normals", "occ_points", "occ_labels")
@@ -104,9 +107,12 @@ def _describe(provenance: str | None) -> str:
     return f"{p.get('source')} {p.get('model_id')} ({', '.join(f'{k}={v}' for k, v in sorted(origin.items()))})"
 
 
+LEGACY = "legacy"  # a complete file written before provenance was recorded (cdc-aug <= 0.x)
+
+
 def stored_provenance(path: Path) -> str | None:
     """The provenance of an existing, complete shape file; None when it is missing, damaged
-    or incomplete (then it is ours to write again)."""
+    or incomplete (then it is ours to write again); ``LEGACY`` when it records none."""
     import h5py
 
     if not path.exists():
@@ -115,8 +121,8 @@ def stored_provenance(path: Path) -> str | None:
         with h5py.File(path, "r") as f:
             if not all(name in f for name in DATASETS) or "scale" not in f.attrs:
                 return None
-            value = f.attrs.get("provenance", f.attrs.get("params"))
-            return None if value is None else str(value)
+            value = f.attrs.get("provenance")
+            return LEGACY if value is None else str(value)
     except (OSError, ValueError):  # truncated, not HDF5
         return None
 
@@ -132,7 +138,9 @@ def write(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     path = Path(path)
     mine = attrs.get("provenance")
     theirs = stored_provenance(path)
-    if theirs is not None and mine is not None and theirs != mine:
+    if theirs == LEGACY and mine is not None:
+        log.warning("%s: replacing a shape file without provenance (written by an older cdc-aug)", path)
+    elif theirs is not None and mine is not None and theirs != mine:
         raise UserError(f"{path}: holds the ground truth of {_describe(theirs)}, not of {_describe(mine)}; "
                         "render into another --shapes-dir")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,17 +164,39 @@ def check_provenance(attrs, path: Path, synset: str | None = None, model_id: str
     """Raise GroundTruthError unless the file's provenance names ``synset``/``model_id``
     and (when given) has the ``digest`` its render directory recorded."""
     prov = attrs.get("provenance")
-    if prov is None:
-        raise GroundTruthError(f"{path}: no provenance attribute (made by an older cdc-aug; render it again)")
-    try:
-        p = json.loads(str(prov))
-    except ValueError:
-        raise GroundTruthError(f"{path}: unreadable provenance attribute") from None
+    if prov is None:  # written by an older cdc-aug: its own attributes name the shape
+        if digest is not None:
+            raise GroundTruthError(f"{path}: no provenance attribute, but its render directory recorded one "
+                                   "(replaced by an older cdc-aug?); render it again")
+        p = {"synset": attrs.get("synset"), "model_id": attrs.get("model_id")}
+        prov = ""
+    else:
+        try:
+            p = json.loads(str(prov))
+        except ValueError:
+            raise GroundTruthError(f"{path}: unreadable provenance attribute") from None
     if synset is not None and p.get("synset") != synset or model_id is not None and p.get("model_id") != model_id:
         raise GroundTruthError(f"{path}: holds {p.get('synset')}/{p.get('model_id')}, not {synset}/{model_id}")
     if digest is not None and provenance_digest(str(prov)) != digest:
         raise GroundTruthError(f"{path}: holds the ground truth of {_describe(str(prov))}, not the shape its "
                                "render directory was made from (another run replaced it?)")
+
+
+def check_file(path: Path, synset: str, model_id: str, digest: str | None = None) -> None:
+    """Raise GroundTruthError unless ``path`` is a complete, readable shape file of this
+    shape (with this provenance digest, when given); reads attributes only."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            check_provenance(f.attrs, path, synset, model_id, digest)
+            missing = [n for n in DATASETS if n not in f]
+    except FileNotFoundError:
+        raise GroundTruthError(f"{path}: missing") from None
+    except OSError as e:
+        raise GroundTruthError(f"{path}: unreadable shape file ({str(e).splitlines()[0]})") from e
+    if missing:
+        raise GroundTruthError(f"{path}: shape file lacks {', '.join(missing)}")
 
 
 def read(path: str | Path, synset: str | None = None, model_id: str | None = None, digest: str | None = None,

@@ -135,8 +135,10 @@ def list_shapes(source: str, categories, max_shapes: int, seed: int, root: str |
         out.extend(_subset(mine, max_shapes, seed, syn))
     if not out:
         names = ",".join(name for _, name in cats.resolve(categories))
+        unread = "".join(f"; {f.item} could not be read ({f.extra.get('detail', f.reason)})"
+                         for f in (problems or [])[:3])
         raise UserError(f"--categories: no shapes of {names} found for --source {source}"
-                        + (f" under {root}" if root else ""))
+                        + (f" under {root}" if root else "") + unread)
     return out
 
 

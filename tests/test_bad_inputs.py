@@ -209,12 +209,13 @@ def test_damaged_input_shard_lists_lost_keys_and_rerun_after_repair_matches_clea
     fails = read_failures(out)
     assert {f["item"] for f in fails} == {"renders-000001.tar", *lost}
     assert read_index(out)["num_samples"] == read_index(clean)["num_samples"] - len(lost)
-    # train and eval: the shard is skipped with its keys named, or refused in one line
+    # train and eval refuse it in one line that names the lost keys (a subset would bias them)
     from eval.evaluate import select
     from train_svr.data import open_shard_set
 
-    assert all(path != p for path, _ in open_shard_set(renders, "train", check_shapes=False).items)
-    with pytest.raises(UserError, match="renders-000001.tar"):
+    with pytest.raises(UserError, match=f"renders-000001.tar: .*{len(lost)} keys lost \\({lost[0]}, "):
+        open_shard_set(renders, "train", check_shapes=False)
+    with pytest.raises(UserError, match=f"renders-000001.tar: .*{len(lost)} keys lost"):
         select(renders, "train", check_ground_truth=False)
     p.write_bytes(good)  # repaired: the rerun redoes the shard and matches a clean run byte for byte
     assert _cp(renders, backgrounds, out) == 0
@@ -333,6 +334,12 @@ def test_other_seed_or_source_never_replaces_ground_truth(tmp_path, capsys):
     after = {p.name: p.read_bytes() for p in shapes.rglob("*.h5")}
     assert {k: after[k] for k in before} == before and len(after) == 2
     assert verify(tmp_path / "a").ok
+    # a file swapped behind cdc-aug's back is caught by verify (and refused by train and eval)
+    (a_h5,) = [p for p in shapes.rglob("*.h5") if p.name in before]
+    (b_h5,) = [p for p in shapes.rglob("*.h5") if p.name not in before]
+    shutil.copyfile(b_h5, a_h5)
+    assert any("ground truth" in p and "not 03001627/proc-chair-0000" in p for p in verify(tmp_path / "a").problems)
+    a_h5.write_bytes(before[a_h5.name])
     # the same id from another ShapeNet tree into the same store: one line, nothing replaced
     for tree in ("A", "B"):
         d = tmp_path / tree / "03001627" / "same"

@@ -230,8 +230,8 @@ def _shard_keys(path: Path) -> list[str]:
 
 def open_shard_set(root: str | Path, split: str, check_shapes: bool = True) -> ShardSet:
     """Index one shard directory's ``split``; every problem is a one-line UserError.
-    Each shard is checked against index.json (size, sha256); a damaged one is left out
-    with a warning that lists the keys lost with it."""
+    Each shard is checked against index.json (size, sha256); a damaged one is a one-line
+    error that names it and the keys lost with it."""
     root = Path(root)
     index = read_index(root)
     splits = read_splits(root)
@@ -244,12 +244,9 @@ def open_shard_set(root: str | Path, split: str, check_shapes: bool = True) -> S
         try:
             check_shard(p, entry)
             keys = _shard_keys(p)
-        except ShardDamaged as e:
-            lost = [k for k in (e.lost_keys or []) if split_of_key(k) in wanted]
-            log.warning("skipped %s (%s): %s", p, e.reason,
-                        f"{len(lost)} {split!r} keys lost: {', '.join(lost)}" if e.lost_keys is not None
-                        else "its keys are unknown (no sidecar)")
-            continue
+        except ShardDamaged as e:  # training on what survives would change the data unnoticed
+            raise UserError(f"{p.parent}/{e}: {e.lost(lambda k: split_of_key(k) in wanted)} of the {split!r} "
+                            "split; repair or regenerate it") from e
         items += [(p, k) for k in keys if split_of_key(k) in wanted]
     if not items:
         raise UserError(f"{root}: the {split!r} split has no samples ({len(wanted)} shapes in splits.json, "
