@@ -404,12 +404,13 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
     progress = _Progress(out, info, total, cfg.progress)
     done_before = 0
     for i in mine:
-        if store.is_done(i):
+        if store.is_done(i, src_index["shards"][i]["sha256"]):  # redone when its input changed
             done_before += 1
             progress.add((store.read_sidecar(i) or {}).get("count", 0))
             continue
         failures: list[Failure] = []
-        store.write(i, _shard_samples(in_shards[i], keep, augment, bs, failures, progress), failures=failures)
+        store.write(i, _shard_samples(in_shards[i], keep, augment, bs, failures, progress), failures=failures,
+                    source=src_index["shards"][i]["sha256"])
     progress.close()
     if done_before:
         log.info("rank %d: %d of its %d shards were already complete", info.rank, done_before, len(mine))

@@ -94,24 +94,30 @@ class ShardStore:
         path = self.path(index)
         return meta is not None and path.exists() and path.stat().st_size == meta.get("bytes")
 
-    def is_done(self, index: int) -> bool:
-        """Complete, and not written around a damaged input (those are retried, so a run
-        after the input is repaired produces what a clean run produces)."""
-        return self.is_complete(index) and not (self.read_sidecar(index) or {}).get("retry")
+    def is_done(self, index: int, source: str | None = None) -> bool:
+        """Complete, made from ``source`` (when given: what the stage read to make it, e.g.
+        its input shard's sha256), and not written around a damaged input. Shards that are
+        not done are written again, so a run after the input is repaired or changed
+        produces what a clean run produces."""
+        meta = self.read_sidecar(index) or {}
+        return (self.is_complete(index) and not meta.get("retry")
+                and (source is None or meta.get("source") == source))
 
     # -- writing ------------------------------------------------------------------
-    def write(self, index: int, samples: Iterable[dict[str, Any]], failures: list[Failure] | None = None) -> dict:
+    def write(self, index: int, samples: Iterable[dict[str, Any]], failures: list[Failure] | None = None,
+              source: str | None = None) -> dict:
         """Write shard ``index`` from ``samples`` (fields encoded by extension).
 
         ``failures`` is read after ``samples`` is exhausted, so a generator may append
-        the inputs it had to skip while it runs.
+        the inputs it had to skip while it runs. ``source`` (recorded in the sidecar)
+        identifies what the shard was made from, for ``is_done``.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.path(index)
         tmp = tmp_name(final)
         side_tmp = tmp_name(self.sidecar(index))
         try:
-            return self._write(index, samples, failures, final, tmp, side_tmp)
+            return self._write(index, samples, failures, final, tmp, side_tmp, source)
         except BaseException:
             # A stage-level fault (full disk, I/O error, interrupt) leaves no temporaries
             # and no half shard: the shard stays incomplete and a rerun writes it.
@@ -119,7 +125,7 @@ class ShardStore:
             side_tmp.unlink(missing_ok=True)
             raise
 
-    def _write(self, index: int, samples, failures, final: Path, tmp: Path, side_tmp: Path) -> dict:
+    def _write(self, index: int, samples, failures, final: Path, tmp: Path, side_tmp: Path, source) -> dict:
         keys: list[str] = []
         seen: set[str] = set()
         h = hashlib.sha256()
@@ -156,6 +162,8 @@ class ShardStore:
         }
         if any(f.extra.get("retry") for f in (failures or [])):
             meta["retry"] = True
+        if source is not None:
+            meta["source"] = source
         with open(side_tmp, "w") as f:
             f.write(json.dumps(meta))
             f.flush()

@@ -33,7 +33,7 @@ import numpy as np
 from cdc_aug.errors import UserError
 from cdc_aug.layout import read_splits, shape_file, shape_provenance, shapes_dir, split_of_key
 from cdc_aug.runinfo import derive_seed, output_lock, write_config
-from cdc_aug.safeio import atomic_write_text
+from cdc_aug.safeio import atomic_write_text, commit, is_stage_error
 from cdc_aug.shards import ShardDamaged, check_shard, read_index, sidecar_keys, verified_samples
 
 from .metrics import is_empty, mesh_metrics
@@ -289,6 +289,8 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
                     camera_tensors(camera, image.shape[:2], image.shape[0])  # NaN/inf or malformed K, RT
                     g = gt.get(synset, model_id)
                 except (ValueError, KeyError, TypeError, OSError) as e:
+                    if is_stage_error(e):
+                        raise
                     failures.append({"item": key, "reason": str(e).splitlines()[0] if str(e) else type(e).__name__})
                     log.warning("skipped %s: %s", key, failures[-1]["reason"])
                     bar.update(1)
@@ -315,7 +317,7 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
         raise UserError(f"{sel.root}: {len(keys) - len(rows) - len(failures)} selected samples missing from their shards")
     if not rows:
         raise UserError(f"{sel.root}: no view could be scored ({len(failures)} failures in {out / 'failures.jsonl'})")
-    os.replace(partial, out / PER_VIEW)
+    commit(partial, out / PER_VIEW)
     summary = {
         "data_dir": str(sel.root.resolve()),
         **dom,

@@ -121,7 +121,9 @@ def _run_locked(out: Path, cfg: RenderConfig, refs: list[ShapeRef], overwrite: b
     store.clean_temporaries()
     shapes_root = (out / cfg.shapes_dir).resolve()
     groups = [refs[i:i + cfg.shapes_per_shard] for i in range(0, len(refs), cfg.shapes_per_shard)]
-    todo = [i for i in range(len(groups)) if not store.is_done(i)]
+    # A shard is redone when its shapes changed (a catalog repaired since, shapes added).
+    sources = [_group_source(g) for g in groups]
+    todo = [i for i in range(len(groups)) if not store.is_done(i, sources[i])]
     tasks = [(ref, config, str(shapes_root), str(out / ".cache")) for i in todo for ref in groups[i]]
     done = len(refs) - len(tasks)
     if done:
@@ -131,7 +133,7 @@ def _run_locked(out: Path, cfg: RenderConfig, refs: list[ShapeRef], overwrite: b
     try:
         for i in todo:
             failures: list[Failure] = []
-            store.write(i, _shard_samples(groups[i], results, failures, bar), failures=failures)
+            store.write(i, _shard_samples(groups[i], results, failures, bar), failures=failures, source=sources[i])
     finally:
         bar.close()
         close = getattr(results, "close", None)
@@ -158,6 +160,13 @@ def _clear(out: Path, store: ShardStore) -> None:
             p.unlink()
     for name in (INDEX, FAILURES, SPLITS):
         (out / name).unlink(missing_ok=True)
+
+
+def _group_source(refs: list[ShapeRef]) -> str:
+    import hashlib
+
+    text = json.dumps([[r.key, r.source, Path(r.path).name, r.entry, r.seed] for r in refs])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _read_failures_of(store: ShardStore, n: int) -> list[dict]:

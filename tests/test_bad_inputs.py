@@ -448,3 +448,53 @@ def test_checkpoint_needing_code_is_refused_in_one_line(tmp_path, monkeypatch, c
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="junk.ckpt"):
         load_model(tmp_path / "junk.ckpt")
+
+
+def test_decompression_bomb_images_are_one_line(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from cdc_aug.pretrain.data import load_photos
+
+    img = tmp_path / "big.png"
+    Image.new("RGBA", (64, 64)).save(img)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64² > 2 x 100: Pillow's bomb error
+    assert cli_main(["composite", "--image", str(img), "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--image" in err[0] and "cannot read it as an image" in err[0], err
+    with pytest.raises(UserError, match="big.png: not a readable image"):
+        load_photos([img], 32)
+
+
+def test_non_numeric_config_value_is_one_line(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("views: many\n")
+    assert cli_main(["render", "--source", "procedural", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "views: 'many' is not a valid int" in err[0], err
+    cfg.write_text("gt_sdf_points: lots\n")
+    assert cli_main(["render", "--source", "procedural", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    assert "gt_sdf_points: 'lots' is not a valid int" in capsys.readouterr().err
+
+
+def test_rerun_after_a_catalog_is_repaired_matches_a_clean_run(tmp_path):
+    from render.api import render_dataset
+
+    def catalogs(d: Path, damaged: bool) -> Path:
+        d.mkdir(parents=True, exist_ok=True)
+        for name in ("A", "B", "C"):
+            _catalog(d / f"{name}.sh3f")
+        if damaged:
+            data = (d / "B.sh3f").read_bytes()
+            (d / "B.sh3f").write_bytes(data[: len(data) // 2])
+        return d
+
+    kw = dict(source="sweethome3d", categories="chair", max_shapes=0, views=1, size=32, shapes_per_shard=1, **TINY)
+    render_dataset(tmp_path / "clean" / "r", root=catalogs(tmp_path / "good", False), **kw)
+    cats = catalogs(tmp_path / "cats", True)
+    render_dataset(tmp_path / "run" / "r", root=cats, **kw)
+    assert [f["item"] for f in read_failures(tmp_path / "run" / "r")] == ["B.sh3f"]
+    catalogs(cats, False)
+    render_dataset(tmp_path / "run" / "r", root=cats, **kw)
+    assert read_failures(tmp_path / "run" / "r") == []
+    assert _tree_bytes(tmp_path / "run" / "r" / "shards") == _tree_bytes(tmp_path / "clean" / "r" / "shards")
+    assert (read_index(tmp_path / "run" / "r")["shards"] == read_index(tmp_path / "clean" / "r")["shards"])

@@ -77,5 +77,6 @@ def main(argv: list[str]) -> int:
         except SystemExit as e:  # --help
             return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
     ckpt = cli.config_init.get("ckpt_path")
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    # weights_only: resuming never unpickles code, whatever torch's default (issue 13)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
     return 0
