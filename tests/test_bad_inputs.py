@@ -498,3 +498,16 @@ def test_rerun_after_a_catalog_is_repaired_matches_a_clean_run(tmp_path):
     assert read_failures(tmp_path / "run" / "r") == []
     assert _tree_bytes(tmp_path / "run" / "r" / "shards") == _tree_bytes(tmp_path / "clean" / "r" / "shards")
     assert (read_index(tmp_path / "run" / "r")["shards"] == read_index(tmp_path / "clean" / "r")["shards"])
+
+
+def test_second_training_into_a_locked_run_directory_fails_at_once(tmp_path, capsys):
+    from train_svr.cli import main as train_main
+
+    renders = make_render_dir(tmp_path / "renders")
+    _shape_files(renders)
+    with output_lock(tmp_path / "runs" / "svr", "cdc-aug train"):
+        with pytest.raises(UserError, match=f"another cdc-aug train \\(pid {os.getpid()}\\)"):
+            train_main(["--config", str(REPO / "configs" / "train" / "tiny.yaml"), "--data.shards", str(renders),
+                        "--name", "svr", "--runs_dir", str(tmp_path / "runs"), "--data.num_workers", "0",
+                        "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false"])
+    assert not (tmp_path / "runs" / "svr" / "checkpoints").exists()
