@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import shutil
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -26,12 +25,13 @@ from . import __version__
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .errors import UserError
 from .layout import SPLITS, read_splits, shapes_dir, split_of_key, view_of_key
-from .runinfo import check_resume, derive_seed, write_config
+from .runinfo import check_resume, derive_seed, output_lock, write_config
+from .safeio import atomic_write_bytes
 from .samples import decode_json, decode_png
 from .sampling import DEFAULTS as D
 from .sampling import parse_model_size, pipeline_size
 from .scenes import DEFAULT_NEGATIVE, DEFAULT_PROMPT, check_template, load_scenes, make_prompt
-from .shards import Failure, ShardStore, iter_tar_samples, read_index
+from .shards import Failure, ShardDamaged, ShardStore, read_index, verified_samples
 
 log = logging.getLogger(__name__)
 
@@ -327,14 +327,14 @@ def _shard_samples(
         progress.add(len(batch))
 
     batch: list[dict[str, Any]] = []
-    it = iter_tar_samples(in_path)
+    it = verified_samples(in_path)
     while True:
         try:
             sample = next(it)
         except StopIteration:
             break
-        except (tarfile.TarError, OSError, EOFError) as e:
-            failures.append(Failure(in_path.name, f"corrupt input shard, read stopped: {e}"))
+        except ShardDamaged as e:  # every key of the shard is listed; the shard is retried next run
+            failures.extend(e.failures(keep))
             break
         key = sample["__key__"]
         if not keep(key):
@@ -381,7 +381,10 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any] | None:
         torch.set_num_threads(cfg.threads)
     info = init_distributed(cfg.device)
     try:
-        return _run(cfg, info)
+        if not info.is_main:
+            return _run(cfg, info)
+        with output_lock(cfg.out_dir, "cdc-aug generate"):
+            return _run(cfg, info)
     finally:
         shutdown(info)
 
@@ -429,12 +432,13 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
     progress = _Progress(out, info, total, cfg.progress)
     done_before = 0
     for i in mine:
-        if store.is_complete(i):
+        if store.is_done(i, src_index["shards"][i]["sha256"]):  # redone when its input changed
             done_before += 1
             progress.add((store.read_sidecar(i) or {}).get("count", 0))
             continue
         failures: list[Failure] = []
-        store.write(i, _shard_samples(in_shards[i], keep, augment, bs, failures, progress), failures=failures)
+        store.write(i, _shard_samples(in_shards[i], keep, augment, bs, failures, progress), failures=failures,
+                    source=src_index["shards"][i]["sha256"])
     progress.close()
     if done_before:
         log.info("rank %d: %d of its %d shards were already complete", info.rank, done_before, len(mine))
@@ -452,8 +456,8 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
         "label": cfg.label,
         "cdc_aug": __version__,
     }
-    index = store.finalize(len(in_shards), extra=extra)
+    index = store.finalize(len(in_shards), extra=extra, require_samples=True)
     if (src / SPLITS).exists():
-        shutil.copyfile(src / SPLITS, out / SPLITS)
+        atomic_write_bytes(out / SPLITS, (src / SPLITS).read_bytes())
     shutil.rmtree(out / ".progress", ignore_errors=True)
     return index

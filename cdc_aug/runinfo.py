@@ -1,7 +1,10 @@
-"""What every run writes next to its output: the exact config, and seeds derived from it."""
+"""What every run writes next to its output: the exact config, seeds derived from it,
+and the lock that keeps a second run out of the same directory."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import platform
@@ -13,8 +16,10 @@ import yaml
 
 from . import __version__
 from .errors import UserError
+from .safeio import atomic_write_text
 
 CONFIG = "config.yaml"
+LOCK = ".lock"
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -49,10 +54,42 @@ def write_config(out_dir: str | os.PathLike, config: dict[str, Any], name: str =
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
     body = {"config": config, "environment": environment()}
-    tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(body, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(body, sort_keys=True))
     return path
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: str | os.PathLike, stage: str = "run"):
+    """Hold an advisory lock (``fcntl.flock``) on ``out_dir/.lock`` for the block.
+
+    A second run into the same directory fails at once with one line naming the pid that
+    holds it, instead of deleting the first run's temporaries. The lock goes with the
+    process (a killed run leaves nothing to clean up); the file stays and records the
+    last holder's pid. Processes of one distributed run share it: only the main one
+    takes it. On filesystems without flock support (some network mounts) no lock is taken.
+    """
+    import fcntl
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                holder = os.pread(fd, 128, 0).decode("ascii", "replace").strip().split(maxsplit=1)
+                pid = holder[0] if holder else "?"
+                raise UserError(f"{out}: another {holder[1] if len(holder) > 1 else 'run'} (pid {pid}) is "
+                                f"writing this directory; wait for it or choose another --out") from None
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {stage}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)
 
 
 def read_config(out_dir: str | os.PathLike, name: str = CONFIG) -> dict[str, Any] | None:

@@ -132,7 +132,9 @@ def test_same_seed_same_bytes_other_seed_other_shapes(tmp_path, rendered):
     other = render_dataset(tmp_path / "other", source="procedural", categories="chair", max_shapes=1,
                            views=1, size=64, seed=1, progress=False, **SMALL_GT)
     first = next(_samples(tmp_path / "other"))
-    mine = next(s for s in _samples(out) if s["__key__"] == first["__key__"])
+    # another seed makes another shape, under another id (so another shape file)
+    assert first["__key__"] == shape_key("03001627", "proc-chair-s1-0000") + "_00"
+    mine = next(s for s in _samples(out) if s["__key__"] == shape_key("03001627", "proc-chair-0000") + "_00")
     assert other["num_samples"] == 1 and not np.array_equal(first["mask.png"], mine["mask.png"])
 
 

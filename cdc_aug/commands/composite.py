@@ -125,7 +125,7 @@ def load_inputs(args):
     def open_image(path, flag):
         try:
             return Image.open(path)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise UserError(f"{flag} {path}: cannot read it as an image ({e})") from None
 
     img = open_image(args.image, "--image")
