@@ -37,6 +37,9 @@ def register(sub, help_text: str) -> None:
     p.add_argument("--jump-length", type=int, default=1)
     p.add_argument("--jump-n-sample", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None, help="per process (default: 4 on CPU, 8 on CUDA)")
+    p.add_argument("--samples-per-shard", type=int, default=None,
+                   help="samples per output shard, the unit of work of a process and of a resume "
+                        "(default: 256; fixed for the life of a run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train", help="train | val | test | all (default: %(default)s)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
@@ -94,6 +97,7 @@ def make_configs(args: argparse.Namespace):
                 jump_n_sample=args.jump_n_sample,
                 seed=args.seed,
                 split=args.split,
+                **({"samples_per_shard": args.samples_per_shard} if args.samples_per_shard is not None else {}),
                 dtype=args.dtype,
                 batch_size=args.batch_size,
                 device=args.device,
@@ -111,37 +115,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawned(local_rank: int, nproc: int, port: int, cfg) -> None:
+def _spawned(local_rank: int, nproc: int, port: int, configs) -> None:
     os.environ.update(
         RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
         LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )
-    from cdc_aug.generate import run_generate
+    from cdc_aug.generate import run_generate_all
 
-    run_generate(cfg)
+    run_generate_all(configs)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cdc_aug.generate import check_config, run_generate
+    from cdc_aug.generate import check_config, run_generate_all
 
     if args.nproc < 1:
         raise UserError(f"--nproc {args.nproc}: must be at least 1")
     configs = make_configs(args)
     for cfg in configs:
         check_config(cfg)
-    for cfg in configs:
-        if args.nproc == 1:
-            index = run_generate(cfg)
-        else:
-            import torch.multiprocessing as mp
+    # Processes start (and load the model) once for every --t-in value of a sweep.
+    if args.nproc == 1:
+        indexes = run_generate_all(configs)
+    else:
+        import torch.multiprocessing as mp
 
+        from cdc_aug.shards import read_index
+
+        for cfg in configs:
             if cfg.threads is None:
                 cfg.threads = max(1, (os.cpu_count() or 1) // args.nproc)
-            mp.start_processes(_spawned, args=(args.nproc, _free_port(), cfg), nprocs=args.nproc,
-                               start_method="spawn", join=True)
-            from cdc_aug.shards import read_index
-
-            index = read_index(cfg.out_dir)
+        mp.start_processes(_spawned, args=(args.nproc, _free_port(), configs), nprocs=args.nproc,
+                           start_method="spawn", join=True)
+        indexes = [read_index(cfg.out_dir) for cfg in configs]
+    for cfg, index in zip(configs, indexes):
         if index is not None:
             from cdc_aug.shards import read_failures
 
