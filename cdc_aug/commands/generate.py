@@ -36,7 +36,7 @@ def register(sub, help_text: str) -> None:
     p.add_argument("--resample-start", type=float, default=0.0, help="RePaint resampling from this fraction (0: off)")
     p.add_argument("--jump-length", type=int, default=1)
     p.add_argument("--jump-n-sample", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=None, help="per process (default: 4 on CPU, 8 on CUDA)")
+    p.add_argument("--batch-size", type=int, default=None, help="per process (default: 8)")
     p.add_argument("--samples-per-shard", type=int, default=None,
                    help="samples per output shard, the unit of work of a process and of a resume "
                         "(default: 256; fixed for the life of a run)")
