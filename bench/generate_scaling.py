@@ -10,6 +10,7 @@
    bundled model, next to the peak of a run a fifth as long: equal peaks = flat memory.
 
     .venv/bin/python bench/generate_scaling.py [--scaling-samples 200] [--samples 1000] [--steps 4] [--size 64]
+                                               [--long-steps 2] [--long-size 32] [--skip-long]
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--long-steps", type=int, default=2, help="DDIM steps of the memory runs")
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--long-size", type=int, default=32, help="image side of the memory runs")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--model", default=None, help="default: the bundled model")
     ap.add_argument("--skip-long", action="store_true")
@@ -90,13 +92,13 @@ def main() -> None:
         print(f"  load average now {os.getloadavg()[0]:.1f}")
         if args.skip_long:
             return
-        fifth = make_renders(tmp / "fifth", args.samples // 5, views=25, size=args.size)
+        fifth = make_renders(tmp / "fifth", args.samples // 5, views=25, size=args.long_size)
         short = run_generate(fifth, tmp / "short", 1, args.long_steps, args.model, args.batch_size, 256)
-        big = make_renders(tmp / "big", args.samples, views=25, size=args.size)
+        big = make_renders(tmp / "big", args.samples, views=25, size=args.long_size)
         long = run_generate(big, tmp / "long", 1, args.long_steps, args.model, args.batch_size, 256)
         for name, r in (("short run", short), ("long run ", long)):
             print(f"{name}: {r['samples']} samples in {r['seconds']:.1f} s = {r['per_s']:.2f} samples/s "
-                  f"(1 process, {args.long_steps} steps), peak RSS {r['peak_mb']:.0f} MB")
+                  f"(1 process, {args.long_size}px, {args.long_steps} steps), peak RSS {r['peak_mb']:.0f} MB")
         print(f"  peak memory long/short: {long['peak_mb'] / short['peak_mb']:.2f} (flat = 1.0)")
 
 

@@ -237,11 +237,16 @@ def test_ilvr_sweep_and_batch_independence(renders, tiny_model, tmp_path):
 
 
 def test_ilvr_two_processes_byte_identical(renders, tiny_model, tmp_path):
-    assert _ilvr(renders, tiny_model, tmp_path / "one", "--threads", "1") == 0
-    assert _ilvr(renders, tiny_model, tmp_path / "two", "--nproc", "2") == 0
-    assert len(shard_paths(tmp_path / "one")) == 3  # 8 train samples, 3 per output shard
-    assert _shard_bytes(tmp_path / "one") == _shard_bytes(tmp_path / "two")
-    assert read_index(tmp_path / "one")["shards"] == read_index(tmp_path / "two")["shards"]
+    # a sweep: the two processes start once and run both t_in values
+    assert _ilvr(renders, tiny_model, tmp_path / "one", "--threads", "1", "--t-in", "0.5,1") == 0
+    assert _ilvr(renders, tiny_model, tmp_path / "two", "--nproc", "2", "--t-in", "0.5,1") == 0
+    for t in ("t050", "t100"):
+        one, two = tmp_path / "one" / t, tmp_path / "two" / t
+        assert len(shard_paths(one)) == 3  # 8 train samples, 3 per output shard
+        assert _shard_bytes(one) == _shard_bytes(two)
+        assert read_index(one)["shards"] == read_index(two)["shards"]
+        assert verify(two).ok
+    assert _shard_bytes(tmp_path / "one" / "t050") != _shard_bytes(tmp_path / "one" / "t100")
 
 
 def test_one_input_shard_is_split_across_processes(tmp_path, tiny_model):
