@@ -289,6 +289,19 @@ def test_samples_per_shard_changes_layout_not_samples(renders, backgrounds, tmp_
     assert "--samples-per-shard 0" in capsys.readouterr().err
 
 
+def test_input_without_sidecars_is_scanned(renders, backgrounds, tmp_path):
+    """The sample order comes from the input shards' sidecars, or from the tars themselves."""
+    import shutil
+
+    bare = tmp_path / "renders"
+    shutil.copytree(renders, bare)
+    for side in (bare / "shards").glob("*.tar.json"):
+        side.unlink()
+    assert _cp(renders, backgrounds, tmp_path / "a") == 0
+    assert _cp(bare, backgrounds, tmp_path / "b") == 0
+    assert _shard_bytes(tmp_path / "a") == _shard_bytes(tmp_path / "b")
+
+
 class _Killed(BaseException):
     """Stands in for SIGKILL: nothing catches it, nothing after it runs."""
 
