@@ -2,7 +2,12 @@
 
 Prints views/s for: colour + depth only; colour + depth + normal pass (what the stage
 draws); and the full per-view path (camera sampling with border redraws, rendering,
-PNG/NPY/JSON encoding, writing a shard). Target: >= 50 views/s per core.
+PNG/NPY/JSON encoding, writing a shard), then where the CPU time of that path goes.
+Target: >= 100 views per CPU-second.
+
+llvmpipe (OSMesa) runs with LP_NUM_THREADS=0 here, as in the stage's worker processes
+(render/api.py): rasterising in the calling thread, no per-core helper threads. Pass
+LP_NUM_THREADS=N in the environment to measure otherwise.
 
     .venv/bin/python bench/render_throughput.py [--views 72] [--size 224] [--mesh torus|sh3d|FILE.obj]
 """
@@ -16,6 +21,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+os.environ.setdefault("LP_NUM_THREADS", "0")  # what render/api.py's workers use
 
 import numpy as np  # noqa: E402
 import trimesh  # noqa: E402
@@ -51,6 +57,23 @@ def _report(label: str, views: int, wall: float, cpu: float) -> None:
           f"{views / cpu:6.1f} views per CPU-second")
 
 
+class _Timer:
+    """Wraps a function and adds up the CPU time spent in it, per label."""
+
+    def __init__(self):
+        self.cpu: dict[str, float] = {}
+
+    def wrap(self, fn, label_of):
+        def timed(*args, **kwargs):
+            c = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                label = label_of(*args, **kwargs)
+                self.cpu[label] = self.cpu.get(label, 0.0) + time.process_time() - c
+        return timed
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--views", type=int, default=72)
@@ -81,25 +104,47 @@ def main() -> None:
     r.close()
 
     # The stage's own per-shape path, ground truth excluded (it is computed once per shape).
+    import render.api as api
     from render import groundtruth, sources
+    from render import renderer as renderer_mod
 
     cfg = RenderConfig(source="procedural", views=a.views, size=a.size).__dict__
+    timer = _Timer()
     with tempfile.TemporaryDirectory() as tmp:
         real_load, real_complete = sources.load, groundtruth.is_complete
+        real_encode, real_normals = api.encode_sample, renderer_mod._camera_normals
         sources.load = lambda ref, cache: shape
         groundtruth.is_complete = lambda path, params=None: True
         try:
             ref = sources.ShapeRef("procedural", "03001627", "chair", "bench")
-            get_renderer(a.size)
+            pyr = get_renderer(a.size)._r
             _render_shape(ref, cfg, Path(tmp), Path(tmp))  # warm-up
+            # CPU time per part of the path: the two pyrender passes, encoding, the rest.
+            real_pass = pyr.render
+            pyr.render = timer.wrap(real_pass, lambda scene, flags=0, **_: "normal pass (pyrender FLAT)" if flags
+                                    else "colour + depth pass (pyrender, lit)")
+            api.encode_sample = timer.wrap(real_encode, lambda s: "encode: 3 PNG + NPY + 2 JSON")
+            renderer_mod._camera_normals = timer.wrap(real_normals, lambda *a_: "camera normals (numpy)")
             t, c = time.perf_counter(), time.process_time()
             samples, _ = _render_shape(ref, cfg, Path(tmp), Path(tmp))
-            _report("render + encode (stage path)     ", a.views, time.perf_counter() - t, time.process_time() - c)
+            path_wall, path_cpu = time.perf_counter() - t, time.process_time() - c
+            _report("render + encode (stage path)     ", a.views, path_wall, path_cpu)
+            c2 = time.process_time()
             ShardStore(Path(tmp) / "out", "renders", "render").write(0, samples)
+            write_cpu = time.process_time() - c2
             _report("render + encode + write shard    ", a.views, time.perf_counter() - t, time.process_time() - c)
         finally:
             sources.load, groundtruth.is_complete = real_load, real_complete
+            api.encode_sample = real_encode
+            renderer_mod._camera_normals = real_normals
         size = sum(len(v) for s in samples for k, v in s.items() if not k.startswith("__"))
+    parts = dict(timer.cpu)
+    parts["write shard (tar + sha256 + fsync)"] = write_cpu
+    parts["rest: cameras, border fits, mask/rgba, Python"] = path_cpu - sum(timer.cpu.values())
+    total = path_cpu + write_cpu
+    print(f"where the CPU time goes (ms per view, {a.views} views):")
+    for label, sec in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"  {label:<46} {1000 * sec / a.views:6.2f}  {100 * sec / total:5.1f} %")
     print(f"shard bytes: {size / a.views / 1024:.0f} KiB/view")
     t = time.perf_counter()
     groundtruth.compute(shape.merged(), 0)

@@ -9,7 +9,7 @@ from fake_renders import make_render_dir, write_backgrounds
 from cdc_aug.cli import main
 from cdc_aug.distributed import first_slurm_host
 from cdc_aug.samples import decode_sample
-from cdc_aug.shards import iter_tar_samples, read_index, shard_paths
+from cdc_aug.shards import ShardStore, iter_tar_samples, read_index, shard_paths
 from cdc_aug.verify import verify
 
 
@@ -31,9 +31,19 @@ def _images(out):
     return got
 
 
+def _per_shard(extra) -> list[str]:
+    # Small output shards, so that the fake renders (8 train / 12 samples in 2-sample
+    # input shards of 4) give several output shards that straddle input shards.
+    return [] if "--samples-per-shard" in extra else ["--samples-per-shard", "3"]
+
+
 def _cp(renders, backgrounds, out, *extra):
     return main(["generate", "--mode", "copy-paste", "--backgrounds", str(backgrounds), "--in", str(renders),
-                 "--out", str(out), "--no-progress", *extra])
+                 "--out", str(out), "--no-progress", *_per_shard(extra), *extra])
+
+
+def _shard_bytes(out) -> list[bytes]:
+    return [p.read_bytes() for p in shard_paths(out)]
 
 
 def test_copy_paste_run(renders, backgrounds, tmp_path):
@@ -191,7 +201,7 @@ def tiny_model(tmp_path_factory):
 
 def _ilvr(renders, model, out, *extra):
     return main(["generate", "--in", str(renders), "--out", str(out), "--model", str(model), "--steps", "3",
-                 "--no-progress", *extra])
+                 "--no-progress", *_per_shard(extra), *extra])
 
 
 def test_ilvr_run_and_aug_json(renders, tiny_model, tmp_path):
@@ -227,9 +237,103 @@ def test_ilvr_sweep_and_batch_independence(renders, tiny_model, tmp_path):
 
 
 def test_ilvr_two_processes_byte_identical(renders, tiny_model, tmp_path):
-    assert _ilvr(renders, tiny_model, tmp_path / "one", "--threads", "1") == 0
-    assert _ilvr(renders, tiny_model, tmp_path / "two", "--nproc", "2") == 0
-    assert _images(tmp_path / "one") == _images(tmp_path / "two")
+    # a sweep: the two processes start once and run both t_in values
+    assert _ilvr(renders, tiny_model, tmp_path / "one", "--threads", "1", "--t-in", "0.5,1") == 0
+    assert _ilvr(renders, tiny_model, tmp_path / "two", "--nproc", "2", "--t-in", "0.5,1") == 0
+    for t in ("t050", "t100"):
+        one, two = tmp_path / "one" / t, tmp_path / "two" / t
+        assert len(shard_paths(one)) == 3  # 8 train samples, 3 per output shard
+        assert _shard_bytes(one) == _shard_bytes(two)
+        assert read_index(one)["shards"] == read_index(two)["shards"]
+        assert verify(two).ok
+    assert _shard_bytes(tmp_path / "one" / "t050") != _shard_bytes(tmp_path / "one" / "t100")
+
+
+def test_one_input_shard_is_split_across_processes(tmp_path, tiny_model):
+    """A render set in one shard still gives every rank output shards to write."""
+    from cdc_aug.generate import output_shards_of_rank
+
+    assert list(output_shards_of_rank(5, 0, 2)) == [0, 2, 4] and list(output_shards_of_rank(5, 1, 2)) == [1, 3]
+    one_shard = make_render_dir(tmp_path / "renders", shapes=4, views=2, shapes_per_shard=4)
+    assert len(read_index(one_shard)["shards"]) == 1
+    args = ("--split", "all", "--samples-per-shard", "2", "--threads", "1")
+    assert _ilvr(one_shard, tiny_model, tmp_path / "one", *args) == 0
+    assert _ilvr(one_shard, tiny_model, tmp_path / "two", *args, "--nproc", "2") == 0
+    assert len(shard_paths(tmp_path / "one")) == 4
+    assert _shard_bytes(tmp_path / "one") == _shard_bytes(tmp_path / "two")
+    assert verify(tmp_path / "two").ok
+
+
+def test_copied_render_fields(renders, backgrounds, tmp_path):
+    """normal.png and depth.npy travel with the sample, byte for byte, for training's Laplacian loss."""
+    assert _cp(renders, backgrounds, tmp_path / "cp") == 0
+    src = {x["__key__"]: x for p in shard_paths(renders) for x in iter_tar_samples(p)}
+    for p in shard_paths(tmp_path / "cp"):
+        for s in iter_tar_samples(p):
+            for f in ("normal.png", "depth.npy", "mask.png", "camera.json", "meta.json"):
+                assert s[f] == src[s["__key__"]][f]
+
+
+def test_samples_per_shard_changes_layout_not_samples(renders, backgrounds, tmp_path, capsys):
+    assert _cp(renders, backgrounds, tmp_path / "s2", "--samples-per-shard", "2") == 0
+    assert _cp(renders, backgrounds, tmp_path / "s5", "--samples-per-shard", "5") == 0
+    assert [s["count"] for s in read_index(tmp_path / "s2")["shards"]] == [2, 2, 2, 2]
+    assert [s["count"] for s in read_index(tmp_path / "s5")["shards"]] == [5, 3]
+    assert _images(tmp_path / "s2") == _images(tmp_path / "s5")
+    # the layout is fixed for the life of a run: a resume with another value is refused
+    capsys.readouterr()
+    assert _cp(renders, backgrounds, tmp_path / "s2", "--samples-per-shard", "5") == 2
+    err = capsys.readouterr().err.strip()
+    assert "samples_per_shard" in err and len(err.splitlines()) == 1
+    assert _cp(renders, backgrounds, tmp_path / "s2", "--samples-per-shard", "0") == 2
+    assert "--samples-per-shard 0" in capsys.readouterr().err
+
+
+def test_input_without_sidecars_is_scanned(renders, backgrounds, tmp_path):
+    """The sample order comes from the input shards' sidecars, or from the tars themselves."""
+    import shutil
+
+    bare = tmp_path / "renders"
+    shutil.copytree(renders, bare)
+    for side in (bare / "shards").glob("*.tar.json"):
+        side.unlink()
+    assert _cp(renders, backgrounds, tmp_path / "a") == 0
+    assert _cp(bare, backgrounds, tmp_path / "b") == 0
+    assert _shard_bytes(tmp_path / "a") == _shard_bytes(tmp_path / "b")
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: nothing catches it, nothing after it runs."""
+
+
+def test_kill_inside_a_shard_loses_only_that_shard(renders, backgrounds, tmp_path, monkeypatch):
+    import cdc_aug.shards as shards
+
+    want = tmp_path / "want"
+    assert _cp(renders, backgrounds, want, "--split", "all") == 0  # 12 samples in 4 shards of 3
+    real = shards.encode_sample
+    calls = {"n": 0}
+
+    def dying(sample, limit):
+        calls["n"] += 1
+        if calls["n"] > limit:
+            raise _Killed()
+        return real(sample)
+
+    out = tmp_path / "cp"
+    monkeypatch.setattr(shards, "encode_sample", lambda s: dying(s, 3 + 2))  # 2 samples into shard 1
+    with pytest.raises(_Killed):
+        _cp(renders, backgrounds, out, "--split", "all")
+    first = out / "shards" / "aug-000000.tar"
+    assert ShardStore(out, "aug", "aug").is_complete(0) and not (out / "shards" / "aug-000001.tar").exists()
+    stamp = first.stat().st_mtime_ns
+    calls["n"] = 0
+    monkeypatch.setattr(shards, "encode_sample", lambda s: dying(s, 10**9))
+    assert _cp(renders, backgrounds, out, "--split", "all") == 0
+    assert calls["n"] == 12 - 3  # only the shards not complete were written again
+    assert first.stat().st_mtime_ns == stamp
+    assert _shard_bytes(out) == _shard_bytes(want)
+    assert verify(out).ok and not list((out / "shards").glob(".*tmp*"))
 
 
 def test_kill_and_resume(renders, tiny_model, tmp_path):
@@ -240,7 +344,8 @@ def test_kill_and_resume(renders, tiny_model, tmp_path):
 
     out = tmp_path / "g"
     cmd = [sys.executable, "-m", "cdc_aug", "generate", "--in", str(renders), "--out", str(out), "--model",
-           str(tiny_model), "--steps", "20", "--batch-size", "1", "--no-progress", "--split", "all"]
+           str(tiny_model), "--steps", "20", "--batch-size", "1", "--no-progress", "--split", "all",
+           "--samples-per-shard", "3"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first = out / "shards" / "aug-000000.tar.json"
     deadline = time.monotonic() + 120

@@ -145,7 +145,7 @@ def test_shard_sets_mix_by_weight(renders, tmp_path):
 
 @pytest.fixture(scope="session")
 def copy_paste(renders, tmp_path_factory) -> Path:
-    """A generate run (copy-paste mode) over the renders: image.png, no normals or depth."""
+    """A generate run (copy-paste mode) over the renders: image.png plus the render's normals and depth."""
     from PIL import Image
 
     tmp = tmp_path_factory.mktemp("aug")

@@ -52,7 +52,10 @@ def register(sub, help_text: str) -> None:
                    help="RePaint resampling from this fraction (0: off)")
     p.add_argument("--jump-length", type=int, default=D.jump_length, help="default %(default)s")
     p.add_argument("--jump-n-sample", type=int, default=D.jump_n_sample, help="default %(default)s")
-    p.add_argument("--batch-size", type=int, default=None, help="per process (default: 4 on CPU, 8 on CUDA)")
+    p.add_argument("--batch-size", type=int, default=None, help="per process (default: 8)")
+    p.add_argument("--samples-per-shard", type=int, default=None,
+                   help="samples per output shard, the unit of work of a process and of a resume "
+                        "(default: 256; fixed for the life of a run)")
     p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--split", default="train", help="train | val | test | all (default: %(default)s)")
     p.add_argument("--views", default=None,
@@ -121,6 +124,7 @@ def make_configs(args: argparse.Namespace):
                 split=args.split,
                 views=parse_views(args.views),
                 label=args.label,
+                **({"samples_per_shard": args.samples_per_shard} if args.samples_per_shard is not None else {}),
                 dtype=args.dtype,
                 batch_size=args.batch_size,
                 device=args.device,
@@ -138,18 +142,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawned(local_rank: int, nproc: int, port: int, cfg) -> None:
+def _spawned(local_rank: int, nproc: int, port: int, configs) -> None:
     os.environ.update(
         RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
         LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )
-    from cdc_aug.generate import run_generate
+    from cdc_aug.generate import run_generate_all
 
-    run_generate(cfg)
+    run_generate_all(configs)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cdc_aug.generate import check_config, run_generate
+    from cdc_aug.generate import check_config, run_generate_all
 
     if args.config:
         from cdc_aug.runinfo import apply_settings_file
@@ -160,19 +164,21 @@ def run(args: argparse.Namespace) -> int:
     configs = make_configs(args)
     for cfg in configs:
         check_config(cfg)
-    for cfg in configs:
-        if args.nproc == 1:
-            index = run_generate(cfg)
-        else:
-            import torch.multiprocessing as mp
+    # Processes start (and load the model) once for every --t-in value of a sweep.
+    if args.nproc == 1:
+        indexes = run_generate_all(configs)
+    else:
+        import torch.multiprocessing as mp
 
+        from cdc_aug.shards import read_index
+
+        for cfg in configs:
             if cfg.threads is None:
                 cfg.threads = max(1, (os.cpu_count() or 1) // args.nproc)
-            mp.start_processes(_spawned, args=(args.nproc, _free_port(), cfg), nprocs=args.nproc,
-                               start_method="spawn", join=True)
-            from cdc_aug.shards import read_index
-
-            index = read_index(cfg.out_dir)
+        mp.start_processes(_spawned, args=(args.nproc, _free_port(), configs), nprocs=args.nproc,
+                           start_method="spawn", join=True)
+        indexes = [read_index(cfg.out_dir) for cfg in configs]
+    for cfg, index in zip(configs, indexes):
         if index is not None:
             from cdc_aug.shards import read_failures
 
