@@ -49,6 +49,7 @@ PER_VIEW = "per_view.csv"
 SAMPLES = "samples"
 
 ReconstructFn = Callable[[np.ndarray, dict], "object"]
+CameraFn = Callable[[str, np.ndarray, "dict | None"], dict]
 
 
 @dataclass
@@ -137,7 +138,7 @@ def select(data_dir: str | os.PathLike, split: str = "test", views: list[int] | 
                             f"--views: {root} has no samples in split {split!r}")
     if not sel.items:
         raise UserError(f"{root}: no samples of split {split!r} in its shards")
-    if check_ground_truth:
+    if check_ground_truth and index.get("ground_truth", True):  # photo folders have none (eval.photos)
         sel.shapes_root = shapes_dir(root)
         missing = []
         for shape in sorted({split_of_key(k) for k in sel.keys}):
@@ -235,12 +236,16 @@ def _save_sample(out: Path, key: str, image: np.ndarray, mesh, camera: dict, sil
 def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir: str | os.PathLike,
              split: str = "test", views: list[int] | None = None, n_points: int = 100_000, save_meshes: int = 4,
              progress: bool = True, identity: dict | None = None, seed: int = 0,
-             config: dict | None = None) -> dict:
+             config: dict | None = None, camera_fn: CameraFn | None = None) -> dict:
     """Score ``reconstruct_fn(image HxWx3 uint8, camera dict) -> trimesh.Trimesh`` on the
     ``split`` views of ``data_dir``; returns the summary (also written to summary.json).
 
     ``identity``: extra entries for summary.json (checkpoint, model name, training data).
-    ``config``: extra entries for config.yaml (the command's own flags)."""
+    ``config``: extra entries for config.yaml (the command's own flags).
+    ``camera_fn(key, image, stored camera or None) -> camera``: the camera to reconstruct
+    and draw the silhouette with instead of the stored one (a camera estimator's).
+    A data directory without ground-truth shapes (index.json ``ground_truth: false``)
+    gets NaN 3D metrics: only its 2D IoU is scored."""
     from tqdm import tqdm
 
     from cdc_aug.samples import decode_sample
@@ -277,14 +282,20 @@ def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir
                 if key not in want:
                     continue
                 s = decode_sample(raw, ["image.png", "rgba.png", "mask.png", "camera.json", "meta.json"])
-                meta, camera = s["meta.json"], s["camera.json"]
+                meta, camera = s["meta.json"], s.get("camera.json")
                 synset, model_id = key.rsplit("_", 1)[0].split("_", 1)
                 image = input_image(s)
                 t0 = time.perf_counter()
+                if camera_fn is not None:
+                    camera = camera_fn(key, image, camera)
                 mesh = reconstruct_fn(image, camera)
-                g = gt.get(synset, model_id)
-                m = mesh_metrics(mesh, g["surface_points"], g["surface_normals"], g["occ_points"], g["occ_labels"],
-                                 n_points=n_points, seed=derive_seed(seed, key) % (2**31))
+                if sel.shapes_root is None:
+                    m = {c: float("nan") for c in [*METRICS, "chamfer_l2"]}
+                    m["empty"] = is_empty(mesh)
+                else:
+                    g = gt.get(synset, model_id)
+                    m = mesh_metrics(mesh, g["surface_points"], g["surface_normals"], g["occ_points"],
+                                     g["occ_labels"], n_points=n_points, seed=derive_seed(seed, key) % (2**31))
                 m["iou_2d"] = silhouette_iou(mesh, camera, s["mask.png"], sil)
                 row = {"key": key, "synset": meta.get("synset", synset), "category": meta.get("category", synset),
                        "model_id": meta.get("model_id", model_id), "view": int(meta.get("view", view_of(key))),

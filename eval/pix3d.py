@@ -1,0 +1,246 @@
+"""Pix3D (Sun et al., CVPR 2018) as a test domain: ``cdc-aug eval --data pix3d:ROOT``.
+
+Reads Pix3D as distributed: ``ROOT/pix3d.json`` (a list of entries with ``img``,
+``mask``, ``model``, ``category``, ``img_size`` [w, h], ``bbox`` [x0, y0, x1, y1],
+``rot_mat``, ``trans_mat``, ``focal_length``, ``truncated``, ``occluded``,
+``slightly_occluded``, ...) and the ``img/``, ``mask/``, ``model/`` files it names.
+
+Camera (Pix3D's README and its Blender demo): the camera sits at the origin looking down
++z with +x to the left and +y up; the model is placed by ``X = rot_mat @ v + trans_mat``
+(v: the model OBJ's own coordinates) and a point projects to
+``u = w/2 - f * X_x / X_z``, ``v = h/2 - f * X_y / X_z`` (pixel edges at integers),
+``f = focal_length / 32 mm * w`` (sensor width 32 mm, horizontal fit). In the project's
+convention (cdc_aug.layout: OpenCV, x right, y down; the unit-cube frame of the
+normalised model) that is ``K = [[f, 0, w/2 - 1/2], [0, f, h/2 - 1/2], [0, 0, 1]]`` and
+``RT = [F R M^T | s F (R M^T c + t)]`` with ``F = diag(-1, -1, 1)``, ``M`` the model
+rotation below, and ``c``, ``s`` the centre and scale of the normalisation (camera
+coordinates are scaled by ``s`` too, which leaves the projection unchanged).
+
+Model frame: Pix3D models have +y up and +z pointing away from a viewer in front of the
+object (its front faces -z); the project's shapes face +z (render/procedural.py, the
+DISN-style cameras). ``MODEL_ROTATION`` (180 degrees about y) turns Pix3D models to face
++z before normalising, so a model trained on renders sees Pix3D in its own frame.
+
+Selection (default; Pix3D's own evaluation list): entries that are ``truncated``,
+``occluded`` or ``slightly_occluded`` are excluded (``keep_occluded`` keeps them); the two
+entries whose mask does not match the image (``img/table/1749.jpg``,
+``img/table/0045.png``, left out by Mesh R-CNN too) are recorded as skipped. Then the crop
+of eval.real. Ground truth: each model through the render stage's own code
+(render.meshes.read_obj/normalize, render.groundtruth.compute), cached in
+``<cache>/shapes`` and reused while its parameters match. Keys: ``<synset>_<model>_<n>``,
+n counting a model's images in pix3d.json order; meta.json keeps the entry's ``img``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cdc_aug.errors import UserError
+from cdc_aug.layout import shape_file
+from cdc_aug.runinfo import derive_seed
+from cdc_aug.samples import make_key, sanitize_id
+from cdc_aug.shards import Failure
+
+from . import real
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = ("bed", "bookcase", "chair", "desk", "misc", "sofa", "table", "tool", "wardrobe")
+# ShapeNetCore synsets of the Pix3D categories that have one (render/categories.py); the
+# others keep their Pix3D name as the synset.
+SYNSET_OF = {"bed": "bed", "bookcase": "bookshelf", "chair": "chair", "sofa": "sofa", "table": "table",
+             "desk": "table", "wardrobe": "cabinet"}
+MODEL_ROTATION = np.diag([-1.0, 1.0, -1.0])
+FLIP_XY = np.diag([-1.0, -1.0, 1.0])  # Pix3D camera (x left, y up) -> OpenCV (x right, y down)
+SENSOR_MM = 32.0
+KNOWN_BAD = {"img/table/1749.jpg": "mask does not match image", "img/table/0045.png": "mask does not match image"}
+GT_POINTS = {"surface_points": 100_000, "sdf_points": 32_768, "occ_points": 100_000}
+REQUIRED = ("img", "mask", "model", "category", "img_size", "bbox", "rot_mat", "trans_mat", "focal_length")
+
+
+def synset(category: str) -> str:
+    from render.categories import SYNSETS
+
+    name = SYNSET_OF.get(category)
+    return SYNSETS[name] if name else sanitize_id(category)
+
+
+def flag(value) -> bool:
+    """Pix3D's booleans: JSON true/false (the README writes them as "true"/"false")."""
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return bool(value)
+
+
+def camera(entry: dict, center: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(K, RT) of an entry in the project's convention for the full image (module docstring)."""
+    w, h = (float(v) for v in entry["img_size"])
+    f = float(entry["focal_length"]) / SENSOR_MM * w
+    K = np.array([[f, 0.0, w / 2 - 0.5], [0.0, f, h / 2 - 0.5], [0.0, 0.0, 1.0]])
+    R = np.asarray(entry["rot_mat"], dtype=np.float64).reshape(3, 3)
+    t = np.asarray(entry["trans_mat"], dtype=np.float64).reshape(3)
+    R_unit = FLIP_XY @ R @ MODEL_ROTATION.T
+    t_unit = scale * (FLIP_XY @ (R @ MODEL_ROTATION.T @ np.asarray(center, dtype=np.float64) + t))
+    return K, np.concatenate([R_unit, t_unit[:, None]], axis=1)
+
+
+def read_annotations(root: Path) -> list[dict]:
+    path = root / "pix3d.json"
+    if not root.is_dir():
+        raise UserError(f"--data pix3d:{root}: not a directory")
+    if not path.is_file():
+        raise UserError(f"{path}: missing (is {root} a Pix3D copy? it holds pix3d.json, img/, mask/, model/)")
+    try:
+        entries = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise UserError(f"{path}: expected a list of annotation objects")
+    return entries
+
+
+def check_categories(categories, entries: list[dict], path: Path) -> list[str] | None:
+    if categories is None:
+        return None
+    items = categories.split(",") if isinstance(categories, str) else list(categories)
+    wanted = [c.strip().lower() for c in items if c.strip()]
+    present = sorted({str(e.get("category")) for e in entries})
+    for c in wanted:
+        if c not in CATEGORIES and c not in present:
+            raise UserError(f"--categories: unknown Pix3D category {c!r} (known: {', '.join(CATEGORIES)})")
+    if not wanted:
+        raise UserError("--categories: no category given")
+    missing = [c for c in wanted if c not in present]
+    if len(missing) == len(wanted):
+        raise UserError(f"--categories: {path} has no {', '.join(missing)} entries (it has: {', '.join(present)})")
+    return wanted
+
+
+class _Models:
+    """Normalised Pix3D models (one at a time: entries of a model are mostly adjacent)
+    and their ground-truth files."""
+
+    def __init__(self, root: Path, shapes: Path, seed: int):
+        self.root, self.shapes, self.seed = root, shapes, seed
+        self.cache: dict[str, object] = {}
+
+    def get(self, rel: str, syn: str, category: str, model_id: str):
+        from render import groundtruth
+        from render.meshes import normalize, read_obj
+
+        if rel in self.cache:
+            return self.cache[rel]
+        parts, notes = read_obj(self.root / rel)
+        shape = normalize(parts, rotation=MODEL_ROTATION, notes=notes)
+        path = shape_file(self.shapes, syn, model_id)
+        params = json.dumps({"seed": self.seed, "shape": ["pix3d", rel], **GT_POINTS}, sort_keys=True)
+        if not groundtruth.is_complete(path, params):
+            arrays = groundtruth.compute(shape.merged(), derive_seed(self.seed, "groundtruth", syn, model_id),
+                                         **GT_POINTS)
+            groundtruth.write(path, arrays, {"center": shape.center, "scale": shape.scale, "params": params,
+                                             "rotation": MODEL_ROTATION, "synset": syn, "category": category,
+                                             "model_id": model_id, "source": "pix3d", "path": rel})
+        self.cache = {rel: shape}
+        return shape
+
+
+def prepare(root: str | Path, cache_dir: str | Path | None = None, categories=None, size: int = real.CROP_SIZE,
+            keep_occluded: bool = False, seed: int = 0, progress: bool = False) -> Path:
+    """Convert a Pix3D copy into a stage directory (eval.real) and return its path; a
+    conversion with the same settings is reused."""
+    from tqdm import tqdm
+
+    from render.meshes import ShapeError
+
+    root = Path(root)
+    entries = read_annotations(root)
+    wanted = check_categories(categories, entries, root / "pix3d.json")
+    if size < 16:
+        raise UserError(f"--crop-size: must be >= 16, got {size}")
+    cache = real.cache_root(root, cache_dir)
+    config = {"source": f"pix3d:{root.resolve()}", "pix3d_json_sha256": real.file_digest(root / "pix3d.json"),
+              "categories": wanted, "crop_size": size, "crop_scale": real.CROP_SCALE, "keep_occluded": keep_occluded,
+              "seed": seed, "gt": GT_POINTS, "model_rotation": MODEL_ROTATION.tolist()}
+    out = real.variant_dir(cache, "pix3d", config)
+    if real.is_prepared(out):
+        return out
+    models = _Models(root, cache / "shapes", seed)
+    failures: list[Failure] = []
+    excluded = {"truncated": 0, "occluded": 0, "slightly_occluded": 0, "category": 0}
+    views: dict[str, int] = {}
+
+    def samples():
+        for i, e in enumerate(tqdm(entries, desc="pix3d", unit="image", disable=not progress)):
+            item = str(e.get("img", f"entry {i}"))
+            cat = str(e.get("category", ""))
+            if wanted is not None and cat not in wanted:
+                excluded["category"] += 1
+                continue
+            if not keep_occluded:
+                hit = next((k for k in ("truncated", "occluded", "slightly_occluded") if flag(e.get(k, False))), None)
+                if hit:
+                    excluded[hit] += 1
+                    continue
+            if item in KNOWN_BAD:
+                failures.append(Failure(item, KNOWN_BAD[item], {"entry": i}))
+                continue
+            missing = [k for k in REQUIRED if k not in e]
+            if missing:
+                failures.append(Failure(item, "bad annotation", {"entry": i, "detail": f"no {', '.join(missing)}"}))
+                continue
+            files = {k: root / str(e[k]) for k in ("img", "mask", "model")}
+            absent = [k for k, p in files.items() if not p.is_file()]
+            if absent:
+                failures.append(Failure(item, "missing file", {"entry": i, "detail": ", ".join(
+                    f"{k} {e[k]}" for k in absent)}))
+                continue
+            try:
+                image, mask = real.read_rgb(files["img"]), real.read_mask(files["mask"])
+            except OSError as err:
+                failures.append(Failure(item, "unreadable image", {"entry": i, "detail": str(err)}))
+                continue
+            if mask.shape != image.shape[:2]:
+                failures.append(Failure(item, "mask size differs", {"entry": i, "detail": (
+                    f"mask {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}")}))
+                continue
+            if not mask.any():
+                failures.append(Failure(item, "empty mask", {"entry": i}))
+                continue
+            rel = str(e["model"])
+            syn = synset(cat)
+            model_id = sanitize_id(str(Path(rel).parent.relative_to(f"model/{cat}")) if rel.startswith(
+                f"model/{cat}/") else str(Path(rel).with_suffix("")))
+            if Path(rel).name != "model.obj":  # a directory holding several models
+                model_id = sanitize_id(f"{model_id}-{Path(rel).stem}")
+            try:
+                shape = models.get(rel, syn, cat, model_id)
+                K, RT = camera(e, shape.center, shape.scale)
+            except ShapeError as err:
+                failures.append(Failure(item, err.kind, {"entry": i, "detail": err.detail, "model": rel}))
+                continue
+            except (TypeError, ValueError) as err:
+                failures.append(Failure(item, "bad annotation", {"entry": i, "detail": str(err)}))
+                continue
+            crop, crop_mask, K_crop = real.square_crop(image, mask, e["bbox"], size, K)
+            view = views.get(f"{syn}/{model_id}", 0)
+            views[f"{syn}/{model_id}"] = view + 1
+            yield {
+                "__key__": make_key(syn, model_id, view),
+                "image.png": crop,
+                "mask.png": crop_mask,
+                "camera.json": {"K": K_crop.tolist(), "RT": RT.tolist(), "image_size": [size, size],
+                                "focal_mm": float(e["focal_length"]), "sensor_mm": SENSOR_MM},
+                "meta.json": {"synset": syn, "category": cat, "model_id": model_id, "view": view, "source": "pix3d",
+                              "img": item, "model": rel, "entry": i, "bbox": e["bbox"],
+                              **{k: flag(e.get(k, False)) for k in ("truncated", "occluded", "slightly_occluded")}},
+            }
+
+    real.write_stage(out, "pix3d", samples(), failures, config, {
+        "source": config["source"], "shapes_dir": "../shapes", "ground_truth": True, "cameras": True,
+        "image_size": [size, size], "excluded": excluded})
+    log.info("pix3d: %s (%d skipped, excluded %s)", out, len(failures), excluded)
+    return out
