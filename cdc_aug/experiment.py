@@ -1,7 +1,8 @@
 """``cdc-aug experiment``: the whole question in one command.
 
 render -> generate (each T_in, and copy-paste) -> one SVR model per training set plus a
-clean-only one -> eval of every model on every test domain -> report. Each stage runs as
+clean-only one -> eval of every model on every test domain (plus test-only real domains,
+``eval: {extra_domains: ...}``) -> report. Each stage runs as
 its own ``cdc-aug`` command (what a user would type), logs to a file, and is skipped when
 its output is already complete, so an interrupted experiment resumes where it stopped.
 """
@@ -118,12 +119,36 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
         stages.append(Stage(f"train {run_name}", argv, run_dir, last, resume_argv=["--ckpt_path", str(last)]))
         models[run_name] = last
 
+    # Test-only real domains, eval: {extra_domains: {name: "pix3d:ROOT" | "images:DIR"}} (eval/real.py).
+    # Photos have no camera: a camera estimator is trained on the clean renders for them (or for
+    # every domain with eval: {camera: predicted}).
+    test_domains: dict[str, str] = {dom: str(path) for dom, path in domains.items()}
+    real_argv: list[str] = []
+    for dom, spec in (e.get("extra_domains") or {}).items():
+        if not (isinstance(spec, str) and spec.split(":", 1)[0] in ("pix3d", "images") and ":" in spec):
+            raise UserError(f"eval.extra_domains.{dom}: expected 'pix3d:ROOT' or 'images:DIR', got {spec!r}")
+        if str(dom) in test_domains:
+            raise UserError(f"eval.extra_domains.{dom}: the experiment already has a domain of that name")
+        test_domains[str(dom)] = spec
+    if len(test_domains) > len(domains):
+        real_argv = ["--cache-dir", str(data / "real"), "--crop-size", str(r.get("size", 224))]
+        if "categories" in e:
+            real_argv += ["--categories", ",".join(map(str, e["categories"]))]
+    if e.get("camera", "gt") == "predicted" or any(v.startswith("images:") for v in test_domains.values()):
+        cam_last = runs / "camera" / "checkpoints" / "last.ckpt"
+        stages.append(Stage("train camera", ["train-camera", "--config", e.get("camera_config",
+                                                                                "configs/train/camera_tiny.yaml"),
+                                             "--seed_everything", str(seed), "--runs_dir", str(runs), "--name",
+                                             "camera", "--data.shards", str(renders)],
+                            runs / "camera", cam_last, resume_argv=["--ckpt_path", str(cam_last)]))
+        real_argv += ["--camera-ckpt", str(cam_last), "--camera", e.get("camera", "gt")]
+
     # One eval stage per model: the model is loaded once and scored on every test domain.
     eval_dirs = []
     for model, ckpt in models.items():
-        outs = [runs / "eval" / f"{model}__{dom}" for dom in domains]
-        argv = ["eval", "--ckpt", str(ckpt), "--data", *map(str, domains.values()), "--split",
-                e.get("split", "test"), "--out", *map(str, outs), "--no-progress"]
+        outs = [runs / "eval" / f"{model}__{dom}" for dom in test_domains]
+        argv = ["eval", "--ckpt", str(ckpt), "--data", *test_domains.values(), "--split",
+                e.get("split", "test"), "--out", *map(str, outs), "--no-progress", *real_argv]
         for key in ("views",):
             if key in e:
                 argv += [f"--{key}", ",".join(map(str, e[key]))]

@@ -72,9 +72,11 @@ def run(args: argparse.Namespace) -> int:
     # Every input checked (real data converted) before the model is loaded and the first
     # view is reconstructed.
     sources = [prepare_data(d, args) for d in args.data]
-    cameras = []
+    cameras, data_views = [], []
     for data in sources:
-        sel = select(data, args.split, views)
+        # --views picks render views; a real photo is one view of its own
+        data_views.append(None if is_real(data) else views)
+        sel = select(data, args.split, data_views[-1])
         cameras.append("predicted" if args.camera == "predicted" or sel.index.get("cameras") is False else "gt")
         if cameras[-1] == "predicted" and not args.camera_ckpt:
             raise UserError(f"--camera-ckpt: {data} has no cameras" if args.camera == "gt" else
@@ -100,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
 
     config = {"ckpt": str(ckpt.resolve()), "resolution": args.resolution, "chunk": args.chunk, "device": device}
     identity = {**model_identity(ckpt), "resolution": args.resolution}
-    for spec, data, out, cam in zip(args.data, sources, args.out, cameras):
+    for spec, data, out, cam, dviews in zip(args.data, sources, args.out, cameras, data_views):
         extra, camera_fn = source_identity(spec, data), None
         if cam == "predicted":
-            preds, errors = predict_cameras(estimator, select(data, args.split, views))
+            preds, errors = predict_cameras(estimator, select(data, args.split, dviews))
             camera_fn = lambda key, image, stored, preds=preds: preds[key]  # noqa: E731
             extra.update(camera_ckpt=str(Path(args.camera_ckpt).resolve()), **errors)
-        summary = evaluate(data, reconstruct_fn, out, split=args.split, views=views, n_points=args.points,
+        summary = evaluate(data, reconstruct_fn, out, split=args.split, views=dviews, n_points=args.points,
                            save_meshes=args.save_meshes, progress=not args.no_progress, seed=args.seed,
                            identity={**identity, **extra, "camera": cam},
                            config={**config, "data": spec, "camera": cam, "camera_ckpt": args.camera_ckpt},
@@ -142,6 +144,13 @@ def prepare_data(spec: str, args: argparse.Namespace) -> Path:
 
         return prepare(path, args.cache_dir, args.crop_size, progress=not args.no_progress)
     return path
+
+
+def is_real(data: Path) -> bool:
+    """True for a stage directory converted from real photographs."""
+    from cdc_aug.shards import read_index
+
+    return bool(read_index(data).get("real"))
 
 
 def source_identity(spec: str, data: Path) -> dict:
