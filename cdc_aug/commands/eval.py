@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--save-meshes: must be >= 0, got {args.save_meshes}")
     views = parse_views(args.views)
 
-    from eval.evaluate import evaluate, select
+    from eval.evaluate import domain_of, evaluate, select
     from eval.identity import model_identity
 
     if len(args.data) != len(args.out):
@@ -105,9 +105,12 @@ def run(args: argparse.Namespace) -> int:
     for spec, data, out, cam, dviews in zip(args.data, sources, args.out, cameras, data_views):
         extra, camera_fn = source_identity(spec, data), None
         if cam == "predicted":
-            preds, errors = predict_cameras(estimator, select(data, args.split, dviews))
+            sel = select(data, args.split, dviews)
+            preds, errors = predict_cameras(estimator, sel)
             camera_fn = lambda key, image, stored, preds=preds: preds[key]  # noqa: E731
             extra.update(camera_ckpt=str(Path(args.camera_ckpt).resolve()), **errors)
+            if sel.index.get("cameras", True):  # a domain with cameras seen through predicted ones is another test
+                extra["domain"] = f"{domain_of(sel.index)['domain']}, predicted camera"
         summary = evaluate(data, reconstruct_fn, out, split=args.split, views=dviews, n_points=args.points,
                            save_meshes=args.save_meshes, progress=not args.no_progress, seed=args.seed,
                            identity={**identity, **extra, "camera": cam},
