@@ -28,7 +28,8 @@ entries whose mask does not match the image (``img/table/1749.jpg``,
 of eval.real. Ground truth: each model through the render stage's own code
 (render.meshes.read_obj/normalize, render.groundtruth.compute), cached in
 ``<cache>/shapes`` and reused while its parameters match. Keys: ``<synset>_<model>_<n>``,
-n counting a model's images in pix3d.json order; meta.json keeps the entry's ``img``.
+n counting a model's images in the order of their ``img`` paths; meta.json keeps the
+entry's ``img`` and its index in pix3d.json.
 """
 
 from __future__ import annotations
@@ -121,31 +122,44 @@ def check_categories(categories, entries: list[dict], path: Path) -> list[str] |
 
 
 class _Models:
-    """Normalised Pix3D models (one at a time: entries of a model are mostly adjacent)
-    and their ground-truth files."""
+    """The normalisation (centre, scale) of each Pix3D model, and its ground-truth file,
+    made once: a model whose file is complete is not loaded again (Pix3D has 10k images
+    of 395 models)."""
 
     def __init__(self, root: Path, shapes: Path, seed: int):
         self.root, self.shapes, self.seed = root, shapes, seed
-        self.cache: dict[str, object] = {}
+        self.norm: dict[str, tuple[np.ndarray, float]] = {}
 
-    def get(self, rel: str, syn: str, category: str, model_id: str):
+    def get(self, rel: str, syn: str, category: str, model_id: str) -> tuple[np.ndarray, float]:
+        import h5py
+
         from render import groundtruth
         from render.meshes import normalize, read_obj
 
-        if rel in self.cache:
-            return self.cache[rel]
-        parts, notes = read_obj(self.root / rel)
-        shape = normalize(parts, rotation=MODEL_ROTATION, notes=notes)
+        if rel in self.norm:
+            return self.norm[rel]
         path = shape_file(self.shapes, syn, model_id)
         params = json.dumps({"seed": self.seed, "shape": ["pix3d", rel], **GT_POINTS}, sort_keys=True)
         if not groundtruth.is_complete(path, params):
+            parts, notes = read_obj(self.root / rel)
+            shape = normalize(parts, rotation=MODEL_ROTATION, notes=notes)
             arrays = groundtruth.compute(shape.merged(), derive_seed(self.seed, "groundtruth", syn, model_id),
                                          **GT_POINTS)
             groundtruth.write(path, arrays, {"center": shape.center, "scale": shape.scale, "params": params,
                                              "rotation": MODEL_ROTATION, "synset": syn, "category": category,
                                              "model_id": model_id, "source": "pix3d", "path": rel})
-        self.cache = {rel: shape}
-        return shape
+        with h5py.File(path, "r") as f:
+            self.norm[rel] = (np.asarray(f.attrs["center"], dtype=np.float64), float(f.attrs["scale"]))
+        return self.norm[rel]
+
+
+def model_id_of(rel: str, category: str) -> str:
+    """``model/<category>/<NAME>/model.obj`` -> NAME (sanitised); a directory holding
+    several OBJ files adds the file's stem."""
+    p = Path(rel)
+    prefix = f"model/{category}/"
+    mid = str(p.parent)[len(prefix):] if rel.startswith(prefix) else str(p.with_suffix(""))
+    return sanitize_id(mid if p.name == "model.obj" else f"{mid}-{p.stem}")
 
 
 def prepare(root: str | Path, cache_dir: str | Path | None = None, categories=None, size: int = real.CROP_SIZE,
@@ -173,8 +187,13 @@ def prepare(root: str | Path, cache_dir: str | Path | None = None, categories=No
     excluded = {"truncated": 0, "occluded": 0, "slightly_occluded": 0, "category": 0}
     views: dict[str, int] = {}
 
+    # a model's images next to each other: one ground-truth file read per model in eval
+    order = sorted(range(len(entries)), key=lambda i: (str(entries[i].get("category")), str(entries[i].get("model")),
+                                                       str(entries[i].get("img"))))
+
     def samples():
-        for i, e in enumerate(tqdm(entries, desc="pix3d", unit="image", disable=not progress)):
+        for i in tqdm(order, desc="pix3d", unit="image", disable=not progress):
+            e = entries[i]
             item = str(e.get("img", f"entry {i}"))
             cat = str(e.get("category", ""))
             if wanted is not None and cat not in wanted:
@@ -211,14 +230,9 @@ def prepare(root: str | Path, cache_dir: str | Path | None = None, categories=No
                 failures.append(Failure(item, "empty mask", {"entry": i}))
                 continue
             rel = str(e["model"])
-            syn = synset(cat)
-            model_id = sanitize_id(str(Path(rel).parent.relative_to(f"model/{cat}")) if rel.startswith(
-                f"model/{cat}/") else str(Path(rel).with_suffix("")))
-            if Path(rel).name != "model.obj":  # a directory holding several models
-                model_id = sanitize_id(f"{model_id}-{Path(rel).stem}")
+            syn, model_id = synset(cat), model_id_of(rel, cat)
             try:
-                shape = models.get(rel, syn, cat, model_id)
-                K, RT = camera(e, shape.center, shape.scale)
+                K, RT = camera(e, *models.get(rel, syn, cat, model_id))
             except ShapeError as err:
                 failures.append(Failure(item, err.kind, {"entry": i, "detail": err.detail, "model": rel}))
                 continue
