@@ -120,8 +120,10 @@ def run(args: argparse.Namespace) -> int:
         scores = (f"chamfer_l1 {o['chamfer_l1']:.4f}  fscore@0.01 {o['fscore@0.01']:.3f}  normal_consistency "
                   f"{o['normal_consistency']:.3f}  iou_3d {o['iou_3d']:.3f}  " if o["chamfer_l1"] is not None else "")
         notes = f", {summary['n_skipped']} skipped" if summary.get("n_skipped") else ""
+        if cam == "predicted" or summary.get("real"):
+            notes += f", {cam} camera"
         print(f"{summary['model']} on {summary['domain']} ({summary['split']}, {o['n_views']} views of "
-              f"{o['n_shapes']} shapes{notes}, {cam} camera): {scores}iou_2d {o['iou_2d']:.3f}")
+              f"{o['n_shapes']} shapes{notes}): {scores}iou_2d {o['iou_2d']:.3f}")
         if "camera_rot_err_deg" in summary:
             print(f"camera estimator on {summary['domain']}: rotation error {summary['camera_rot_err_deg']:.1f} deg "
                   f"(median {summary['camera_rot_err_deg_median']:.1f}), translation error "
