@@ -328,8 +328,9 @@ def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir
     tmp.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, out / SUMMARY)
     o = summary["overall"]
-    log.info("%s: %d views, chamfer_l1 %.4f, fscore@0.01 %.3f, iou_3d %.3f, iou_2d %.3f", sel.root, o["n_views"],
-             o["chamfer_l1"], o["fscore@0.01"], o["iou_3d"], o["iou_2d"])
+    scores = [f"{k} {o[k]:{'.4f' if k == 'chamfer_l1' else '.3f'}}" for k in ("chamfer_l1", "fscore@0.01", "iou_3d",
+                                                                          "iou_2d") if o[k] is not None]
+    log.info("%s: %d views, %s", sel.root, o["n_views"], ", ".join(scores))  # no 3D scores without ground truth
     return summary
 
 
