@@ -22,7 +22,9 @@ DISN-style cameras). ``MODEL_ROTATION`` (180 degrees about y) turns Pix3D models
 +z before normalising, so a model trained on renders sees Pix3D in its own frame.
 
 Selection (default; Pix3D's own evaluation list): entries that are ``truncated``,
-``occluded`` or ``slightly_occluded`` are excluded (``keep_occluded`` keeps them); the two
+``occluded`` or ``slightly_occluded`` are excluded (``keep_occluded`` keeps them; with
+``split_file``, a Mesh R-CNN split file such as ``pix3d_s1_test.json``, only its images
+are taken, and Mesh R-CNN keeps occluded ones: add ``keep_occluded`` to match it); the two
 entries whose mask does not match the image (``img/table/1749.jpg``,
 ``img/table/0045.png``, left out by Mesh R-CNN too) are recorded as skipped. Then the crop
 of eval.real. Ground truth: each model through the render stage's own code
@@ -162,10 +164,28 @@ def model_id_of(rel: str, category: str) -> str:
     return sanitize_id(mid if p.name == "model.obj" else f"{mid}-{p.stem}")
 
 
+def read_split(path: str | Path) -> set[str]:
+    """The images of a Mesh R-CNN Pix3D split file (``pix3d_s1_test.json``: COCO format,
+    ``images[].file_name`` = pix3d.json's ``img``)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+        names = {str(im["file_name"]) for im in data["images"]}
+    except OSError as e:
+        raise UserError(f"--pix3d-split: cannot read {p} ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise UserError(f"--pix3d-split: {p} is not a Mesh R-CNN split file (COCO JSON with images[].file_name)"
+                        ) from None
+    if not names:
+        raise UserError(f"--pix3d-split: {p} lists no images")
+    return names
+
+
 def prepare(root: str | Path, cache_dir: str | Path | None = None, categories=None, size: int = real.CROP_SIZE,
-            keep_occluded: bool = False, seed: int = 0, progress: bool = False) -> Path:
+            keep_occluded: bool = False, seed: int = 0, progress: bool = False, split_file=None) -> Path:
     """Convert a Pix3D copy into a stage directory (eval.real) and return its path; a
-    conversion with the same settings is reused."""
+    conversion with the same settings is reused. ``split_file``: only the images of a
+    Mesh R-CNN split (e.g. its S1 test set), instead of the occlusion filter alone."""
     from tqdm import tqdm
 
     from render.meshes import ShapeError
@@ -173,18 +193,20 @@ def prepare(root: str | Path, cache_dir: str | Path | None = None, categories=No
     root = Path(root)
     entries = read_annotations(root)
     wanted = check_categories(categories, entries, root / "pix3d.json")
+    split = read_split(split_file) if split_file else None
     if size < 16:
         raise UserError(f"--crop-size: must be >= 16, got {size}")
     cache = real.cache_root(root, cache_dir)
     config = {"source": f"pix3d:{root.resolve()}", "pix3d_json_sha256": real.file_digest(root / "pix3d.json"),
               "categories": wanted, "crop_size": size, "crop_scale": real.CROP_SCALE, "keep_occluded": keep_occluded,
-              "seed": seed, "gt": GT_POINTS, "model_rotation": MODEL_ROTATION.tolist()}
+              "seed": seed, "gt": GT_POINTS, "model_rotation": MODEL_ROTATION.tolist(),
+              "split": sorted(split) if split else None}
     out = real.variant_dir(cache, "pix3d", config)
     if real.is_prepared(out):
         return out
     models = _Models(root, cache / "shapes", seed)
     failures: list[Failure] = []
-    excluded = {"truncated": 0, "occluded": 0, "slightly_occluded": 0, "category": 0}
+    excluded = {"truncated": 0, "occluded": 0, "slightly_occluded": 0, "category": 0, "split": 0}
     views: dict[str, int] = {}
 
     # a model's images next to each other: one ground-truth file read per model in eval
@@ -198,6 +220,9 @@ def prepare(root: str | Path, cache_dir: str | Path | None = None, categories=No
             cat = str(e.get("category", ""))
             if wanted is not None and cat not in wanted:
                 excluded["category"] += 1
+                continue
+            if split is not None and item not in split:
+                excluded["split"] += 1
                 continue
             if not keep_occluded:
                 hit = next((k for k in ("truncated", "occluded", "slightly_occluded") if flag(e.get(k, False))), None)

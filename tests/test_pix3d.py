@@ -217,3 +217,20 @@ def test_camera_conversion_matches_pix3d_projection():
         u, v, depth = pix3d_project(raw, R, t, e["focal_length"], *e["img_size"])
         np.testing.assert_allclose(uv, np.stack([u - 0.5, v - 0.5], 1), atol=1e-9)
         np.testing.assert_allclose(z, depth * scale, rtol=1e-9)
+
+
+def test_mesh_rcnn_split_file_selects_images(fixture, prepared, tmp_path):
+    root, _ = fixture
+    split = tmp_path / "pix3d_s1_test.json"
+    split.write_text(json.dumps({"images": [{"id": 1, "file_name": "img/chair/0002.png", "width": 320, "height": 240},
+                                            {"id": 2, "file_name": "img/chair/0004.png", "width": 320,
+                                             "height": 240}],
+                                 "annotations": [], "categories": []}))
+    out = pix3d.prepare(root, prepared.parent, size=64, keep_occluded=True, split_file=split)
+    index = read_index(out)
+    assert index["num_samples"] == 2 and index["excluded"]["split"] == 4  # 0004 is the occluded one, kept
+    assert sorted(s["meta.json"]["img"] for s in samples(out)) == ["img/chair/0002.png", "img/chair/0004.png"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"annotations": []}))
+    with pytest.raises(UserError, match="not a Mesh R-CNN split file"):
+        pix3d.prepare(root, prepared.parent, split_file=bad)

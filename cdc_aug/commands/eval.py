@@ -34,6 +34,8 @@ def register(sub, help_text: str) -> None:
     real.add_argument("--categories", help="Pix3D categories to evaluate, comma-separated (default: all)")
     real.add_argument("--keep-occluded", action="store_true",
                       help="keep Pix3D images marked truncated, occluded or slightly occluded (default: excluded)")
+    real.add_argument("--pix3d-split", help="only the images of a Mesh R-CNN Pix3D split file "
+                                            "(e.g. pix3d_s1_test.json; add --keep-occluded to match its protocol)")
     real.add_argument("--crop-size", type=int, default=224, help="side of the square object crops (default: 224)")
     real.add_argument("--cache-dir", help="where converted real data and Pix3D ground truth are kept "
                                           "(default: ROOT/.cdc-aug)")
@@ -141,7 +143,7 @@ def prepare_data(spec: str, args: argparse.Namespace) -> Path:
         from eval.pix3d import prepare
 
         return prepare(path, args.cache_dir, args.categories, args.crop_size, args.keep_occluded, args.seed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, split_file=args.pix3d_split)
     if args.categories and not any(parse_data(d)[0] == "pix3d" for d in args.data):
         raise UserError("--categories: only applies to pix3d:ROOT data")
     if kind == "images":
