@@ -121,7 +121,7 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
 
     # Test-only real domains, eval: {extra_domains: {name: "pix3d:ROOT" | "images:DIR"}} (eval/real.py).
     # Photos have no camera: a camera estimator is trained on the clean renders for them (or for
-    # every domain with eval: {camera: predicted}).
+    # every domain with eval: {camera: predicted}); eval: {camera_config, camera_args} set it up.
     test_domains: dict[str, str] = {dom: str(path) for dom, path in domains.items()}
     real_argv: list[str] = []
     for dom, spec in (e.get("extra_domains") or {}).items():
@@ -139,7 +139,8 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
         stages.append(Stage("train camera", ["train-camera", "--config", e.get("camera_config",
                                                                                 "configs/train/camera_tiny.yaml"),
                                              "--seed_everything", str(seed), "--runs_dir", str(runs), "--name",
-                                             "camera", "--data.shards", str(renders)],
+                                             "camera", "--data.shards", str(renders),
+                                             *[str(a) for a in e.get("camera_args", [])]],
                             runs / "camera", cam_last, resume_argv=["--ckpt_path", str(cam_last)]))
         real_argv += ["--camera-ckpt", str(cam_last), "--camera", e.get("camera", "gt")]
 
