@@ -14,7 +14,7 @@ import logging
 import sys
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, describe_os_error
 
 COMMANDS = [
     ("render", "render shapes to images, masks, depth, normals + per-shape ground truth"),
@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"cdc-aug {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine, not the input: full disk, I/O error, permissions
+        print(f"cdc-aug {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cdc-aug {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

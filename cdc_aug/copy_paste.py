@@ -13,13 +13,31 @@ from .errors import UserError
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-def list_backgrounds(directory: str | Path) -> list[Path]:
-    d = Path(directory)
+def list_backgrounds(source: str | Path) -> list[Path]:
+    """The photos of ``--backgrounds``: every image under a directory, or the images a text
+    file lists (one path per line, relative to the file or absolute; ``#`` starts a comment),
+    which is how a curated set such as configs/backgrounds/heldout_photos.txt is named."""
+    d = Path(source)
+    if d.is_file():
+        files = []
+        for n, line in enumerate(d.read_text(errors="replace").splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            p = Path(line) if Path(line).is_absolute() else d.parent / line
+            if not p.is_file():
+                raise UserError(f"--backgrounds {source}: line {n}: no such image {line}")
+            if p.suffix.lower() not in IMAGE_EXTS:
+                raise UserError(f"--backgrounds {source}: line {n}: {line} is not a .jpg/.png/.bmp/.webp image")
+            files.append(p)
+        if not files:
+            raise UserError(f"--backgrounds {source}: lists no images")
+        return files
     if not d.is_dir():
-        raise UserError(f"--backgrounds {directory}: no such directory")
+        raise UserError(f"--backgrounds {source}: no such directory or list file")
     files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
     if not files:
-        raise UserError(f"--backgrounds {directory}: holds no .jpg/.png images")
+        raise UserError(f"--backgrounds {source}: holds no .jpg/.png images")
     return files
 
 

@@ -1,19 +1,45 @@
 """``cdc-aug experiment``: the whole question in one command.
 
-render -> generate (each T_in, and copy-paste) -> one SVR model per training set plus a
-clean-only one -> eval of every model on every test domain (plus test-only real domains,
-``eval: {extra_domains: ...}``) -> report. Each stage runs as
-its own ``cdc-aug`` command (what a user would type), logs to a file, and is skipped when
-its output is already complete, so an interrupted experiment resumes where it stopped.
+render -> generate (each T_in, copy-paste, and the test-only domains) -> one SVR model per
+training set and training seed -> eval of every model on every test domain -> report.
+Each stage runs as its own ``cdc-aug`` command (what a user would type), logs to a file,
+and is skipped when its output is already complete, so an interrupted experiment resumes
+where it stopped.
+
+The experiment file (configs/experiments/*.yaml)::
+
+    name: cpu_medium
+    seed: 0                 # data seed: render splits and views, generate noise
+    seeds: [0, 1, 2]        # training seeds: every training set is trained once per seed
+    render:   {...}         # `cdc-aug render` options (flag names, - or _)
+    generate: {...}         # `cdc-aug generate` options shared by every generated domain, plus
+                            #   t_in: [0.25, 0.5, 0.75]   the masked-ILVR training sets
+                            #   copy_paste: true           the copy-paste training set (backgrounds:)
+    test_domains:           # test-only (out-of-domain) sets, generated for the test split only
+      ood-photos: {mode: copy-paste, backgrounds: configs/backgrounds/heldout_photos.txt}
+      ood-xt050: {t_in: 0.5, space: xt}
+    train: {config: configs/train/tiny.yaml, args: [...]}
+    eval:  {...}            # `cdc-aug eval` options, plus real photographs as test-only domains
+                            #   (eval/real.py) and the camera estimator trained for them:
+                            #   extra_domains: {pix3d: "pix3d:/data/Pix3D", photos: "images:/data/photos"}
+                            #   camera_config: configs/train/camera_tiny.yaml   camera_args: [...]
+
+Every key of ``render``, ``generate``, ``test_domains.*`` and ``eval`` is checked against
+the options of the command it is handed to, so a typo is a one-line error before any work,
+never a silently dropped setting. The models differ only in their training data and seed:
+every train stage gets the same config and arguments otherwise (tests/test_experiment.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +47,20 @@ import yaml
 
 from .errors import UserError
 from .runinfo import write_config
+
+TOP_KEYS = {"name", "data_root", "runs_root", "report_dir", "seed", "seeds", "render", "generate", "test_domains",
+            "train", "eval"}
+# Options the experiment sets itself: not settable from the file.
+OWN_OPTIONS = {
+    "render": {"out", "seed", "config", "overwrite"},
+    "generate": {"in_dir", "out", "split", "seed", "no_progress", "overwrite", "label", "config", "t_in", "mode"},
+    "eval": {"ckpt", "data", "out", "no_progress", "config"},
+}
+# Keys of the file's sections that are not command options.
+EXTRA_KEYS = {"generate": {"t_in", "copy_paste", "backgrounds"}, "train": {"config", "args", "mix_clean"},
+              "test_domain": {"mode", "t_in", "backgrounds"},
+              "eval": {"extra_domains", "camera_config", "camera_args"}}
+DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,40}")
 
 
 @dataclass
@@ -44,7 +84,52 @@ def tag(t: float) -> str:
     return f"t{round(t * 100):03d}"
 
 
+@cache
+def command_options(command: str) -> dict[str, Any]:
+    """``{dest: argparse action}`` of a ``cdc-aug`` subcommand: the one declaration of what
+    the experiment may pass on."""
+    import argparse
+
+    from .cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices[command]._actions if a.option_strings and a.dest != "help"}
+
+
+def _check_keys(where: str, section: dict, command: str, extra: set[str] = frozenset()) -> None:
+    allowed = {d for d in command_options(command) if d not in OWN_OPTIONS.get(command, set())} | set(extra)
+    unknown = sorted(k for k in section if str(k).replace("-", "_") not in allowed)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(sorted(allowed))})")
+
+
+def _flags(command: str, section: dict, skip: set[str] = frozenset()) -> list[str]:
+    """A section's options as command-line flags for ``command``, in the file's order."""
+    opts = command_options(command)
+    argv: list[str] = []
+    for key, value in section.items():
+        dest = str(key).replace("-", "_")
+        if dest in skip or dest not in opts or value is None:
+            continue
+        action = opts[dest]
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:  # store_true
+            if value:
+                argv.append(flag)
+            continue
+        argv += [flag, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)]
+    return argv
+
+
+def _image_hashes(source: str) -> dict[str, str]:
+    from .copy_paste import list_backgrounds
+
+    return {hashlib.sha256(p.read_bytes()).hexdigest(): str(p) for p in list_backgrounds(source)}
+
+
 def load_experiment(path: str | Path) -> dict[str, Any]:
+    """Read and check an experiment file; every problem is a one-line UserError."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{path}: no such experiment file")
@@ -52,114 +137,217 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         cfg = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
-    known = {"name", "data_root", "runs_root", "report_dir", "seed", "render", "generate", "train", "eval"}
-    unknown = sorted(set(cfg) - known)
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: must be a mapping of settings")
+    unknown = sorted(set(cfg) - TOP_KEYS)
     if unknown:
-        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    for key in ("render", "generate", "train", "eval"):
-        if not isinstance(cfg.get(key, {}), dict):
+        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(TOP_KEYS))})")
+    for key in ("render", "generate", "train", "eval", "test_domains"):
+        if not isinstance(cfg.get(key) or {}, dict):
             raise UserError(f"{path}: '{key}' must be a mapping")
+        cfg[key] = cfg.get(key) or {}
     cfg.setdefault("name", p.stem)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", str(cfg["name"])):
+        raise UserError(f"{path}: name {cfg['name']!r}: use letters, digits, - and _")
+    _check_keys(f"{path}: render", cfg["render"], "render")
+    _check_keys(f"{path}: generate", cfg["generate"], "generate", EXTRA_KEYS["generate"])
+    _check_keys(f"{path}: eval", cfg["eval"], "eval", EXTRA_KEYS["eval"])
+    unknown = sorted(set(cfg["train"]) - EXTRA_KEYS["train"])
+    if unknown:
+        raise UserError(f"{path}: train: unknown key(s) {', '.join(unknown)} "
+                        f"(known: {', '.join(sorted(EXTRA_KEYS['train']))}; trainer options go in train.args)")
+
+    seeds = cfg.get("seeds", [cfg.get("seed", 0)])
+    if not isinstance(seeds, list) or not seeds:
+        raise UserError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UserError(f"{path}: seeds must be integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{path}: seeds {seeds}: a seed is listed twice")
+    cfg["seeds"] = seeds
+
+    g = cfg["generate"]
+    t_values = g.get("t_in", [0.25, 0.5, 0.75])
+    t_values = t_values if isinstance(t_values, list) else [t_values]
+    for t in t_values:
+        if not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+            raise UserError(f"{path}: generate.t_in {t!r}: must be numbers in [0, 1]")
+    names = ["clean", *(tag(float(t)) for t in t_values)]
+    if g.get("copy_paste", True):
+        names.append("copy-paste")
+        g.setdefault("backgrounds", "/usr/share/backgrounds/mate/nature")
+    for name, d in cfg["test_domains"].items():
+        if not DOMAIN_NAME.fullmatch(str(name)):
+            raise UserError(f"{path}: test_domains: name {name!r}: use letters, digits and - (at most 41)")
+        if not isinstance(d, dict):
+            raise UserError(f"{path}: test_domains.{name} must be a mapping of generate options")
+        _check_keys(f"{path}: test_domains.{name}", d, "generate", EXTRA_KEYS["test_domain"])
+        mode = d.get("mode", "ilvr")
+        if mode not in ("ilvr", "copy-paste"):
+            raise UserError(f"{path}: test_domains.{name}.mode {mode!r}: choose ilvr or copy-paste")
+        if mode == "copy-paste" and not d.get("backgrounds"):
+            raise UserError(f"{path}: test_domains.{name}: copy-paste needs backgrounds")
+        if mode == "ilvr" and "t_in" not in d:
+            raise UserError(f"{path}: test_domains.{name}: an ilvr domain needs t_in")
+        names.append(str(name))
+    names += list(real_domains(cfg["eval"], f"{path}: eval.extra_domains"))
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserError(f"{path}: domain name(s) {', '.join(dup)} used twice (training sets are named clean, "
+                        "tNNN and copy-paste)")
+
+    # A held-out photo set must not share a photo with the copy-paste training backgrounds.
+    if g.get("copy_paste", True):
+        train_photos = None
+        for name, d in cfg["test_domains"].items():
+            if d.get("mode") != "copy-paste":
+                continue
+            if train_photos is None:
+                train_photos = _image_hashes(str(g["backgrounds"]))
+            shared = [(p, train_photos[h]) for h, p in _image_hashes(str(d["backgrounds"])).items()
+                      if h in train_photos]
+            if shared:
+                raise UserError(f"{path}: test_domains.{name}: held-out photo {shared[0][0]} is also a copy-paste "
+                                f"training background ({shared[0][1]}); {len(shared)} shared in all")
     return cfg
+
+
+def real_domains(e: dict, where: str = "eval.extra_domains") -> dict[str, str]:
+    """``eval.extra_domains``: test-only real photographs, ``{name: "pix3d:ROOT" | "images:DIR"}``."""
+    out = {}
+    for name, spec in (e.get("extra_domains") or {}).items():
+        if not DOMAIN_NAME.fullmatch(str(name)):
+            raise UserError(f"{where}: name {name!r}: use letters, digits and - (at most 41)")
+        if not (isinstance(spec, str) and spec.split(":", 1)[0] in ("pix3d", "images") and spec.split(":", 1)[-1]
+                and ":" in spec):
+            raise UserError(f"{where}.{name}: expected 'pix3d:ROOT' or 'images:DIR', got {spec!r}")
+        out[str(name)] = spec
+    return out
 
 
 def plan(cfg: dict[str, Any]) -> list[Stage]:
     name = cfg["name"]
     seed = int(cfg.get("seed", 0))
+    seeds = cfg.get("seeds", [seed])
     data = Path(cfg.get("data_root", f"data/experiments/{name}"))
     runs = Path(cfg.get("runs_root", f"runs/{name}"))
     report = Path(cfg.get("report_dir", f"report/{name}"))
-    r, g, t, e = cfg.get("render", {}), cfg.get("generate", {}), cfg.get("train", {}), cfg.get("eval", {})
+    r, g, t, e = cfg["render"], cfg["generate"], cfg["train"], cfg["eval"]
     stages: list[Stage] = []
 
     renders = data / "renders"
-    argv = ["render", "--out", str(renders), "--seed", str(seed)]
-    for key in ("source", "root", "categories", "max_shapes", "views", "size", "workers"):
-        if key in r:
-            value = ",".join(map(str, r[key])) if isinstance(r[key], list) else str(r[key])
-            argv += [f"--{key.replace('_', '-')}", value]
+    argv = ["render", "--out", str(renders), "--seed", str(seed), *_flags("render", r)]
     stages.append(Stage("render", argv, renders, renders / "index.json"))
 
-    # Every domain is generated for all splits: training reads its train split, eval
-    # reads the test split of each domain.
-    common = ["--in", str(renders), "--split", "all", "--seed", str(seed), "--no-progress"]
-    for key in ("steps", "batch_size", "model", "n_in", "n_out", "space", "t_out", "nproc", "threads"):
-        if key in g:
-            common += [f"--{key.replace('_', '-')}", str(g[key])]
+    # Training domains are generated for all splits (training reads train, eval reads test);
+    # test-only domains for the test split alone.
+    shared = {k: v for k, v in g.items() if k not in EXTRA_KEYS["generate"]}
+
+    def generate(out: Path, split: str, settings: dict, label: str | None = None) -> list[str]:
+        argv = ["generate", "--out", str(out), "--in", str(renders), "--split", split, "--seed", str(seed),
+                "--no-progress", *_flags("generate", {**shared, **settings})]
+        return argv + (["--label", label] if label else [])
+
     domains: dict[str, Path] = {"clean": renders}
-    for tv in g.get("t_in", [0.25, 0.5, 0.75]):
+    train_domains = ["clean"]
+    t_values = g.get("t_in", [0.25, 0.5, 0.75])
+    for tv in t_values if isinstance(t_values, list) else [t_values]:
         out = data / "aug" / tag(float(tv))
-        stages.append(Stage(f"generate {tag(float(tv))}", ["generate", "--out", str(out), "--t-in", str(tv), *common],
-                            out, out / "index.json"))
+        stages.append(Stage(f"generate {tag(float(tv))}", generate(out, "all", {"t_in": tv}), out, out / "index.json"))
         domains[tag(float(tv))] = out
+        train_domains.append(tag(float(tv)))
     if g.get("copy_paste", True):
         out = data / "aug" / "copy-paste"
-        bg = g.get("backgrounds", "/usr/share/backgrounds/mate/nature")
-        cp_common = [a for a in common]
-        if "--batch-size" in cp_common:
-            i = cp_common.index("--batch-size")
-            del cp_common[i:i + 2]
-        stages.append(Stage("generate copy-paste", ["generate", "--mode", "copy-paste", "--backgrounds", str(bg),
-                                                    "--out", str(out), "--in", str(renders), "--split", "all",
-                                                    "--seed", str(seed), "--no-progress"], out, out / "index.json"))
+        cp = {"mode": "copy-paste", "backgrounds": g["backgrounds"], "batch_size": None}
+        stages.append(Stage("generate copy-paste", generate(out, "all", cp), out, out / "index.json"))
         domains["copy-paste"] = out
+        train_domains.append("copy-paste")
+    for dname, d in cfg.get("test_domains", {}).items():
+        out = data / "test" / dname
+        settings = dict(d)
+        if settings.get("mode") == "copy-paste":
+            settings["batch_size"] = None
+        stages.append(Stage(f"generate {dname}", generate(out, e.get("split", "test"), settings, label=dname),
+                            out, out / "index.json"))
+        domains[dname] = out
 
+    # One model per training set and seed; every train command is the same but for its
+    # data, name and seed (the experiment's fairness guarantee).
     models: dict[str, Path] = {}
     train_config = t.get("config", "configs/train/tiny.yaml")
     extra = [str(a) for a in t.get("args", [])]
-    for dom, path in domains.items():
-        run_name = f"svr-{dom}"
-        run_dir = runs / run_name
-        shards = [str(path)]
-        if dom != "clean" and t.get("mix_clean", False):
-            shards.append(str(renders))
-        argv = ["train", "--config", train_config, "--seed_everything", str(seed), "--runs_dir", str(runs),
-                "--name", run_name, "--data.shards", "[" + ",".join(shards) + "]", *extra]
-        last = run_dir / "checkpoints" / "last.ckpt"
-        stages.append(Stage(f"train {run_name}", argv, run_dir, last, resume_argv=["--ckpt_path", str(last)]))
-        models[run_name] = last
+    for dom in train_domains:
+        for s in seeds:
+            run_name = f"svr-{dom}" if len(seeds) == 1 else f"svr-{dom}-s{s}"
+            run_dir = runs / run_name
+            shards = [str(domains[dom])]
+            if dom != "clean" and t.get("mix_clean", False):
+                shards.append(str(renders))
+            argv = ["train", "--config", train_config, "--seed_everything", str(s), "--runs_dir", str(runs),
+                    "--name", run_name, "--data.shards", "[" + ",".join(shards) + "]", *extra]
+            last = run_dir / "checkpoints" / "last.ckpt"
+            stages.append(Stage(f"train {run_name}", argv, run_dir, last, resume_argv=["--ckpt_path", str(last)]))
+            models[run_name] = last
 
-    # Test-only real domains, eval: {extra_domains: {name: "pix3d:ROOT" | "images:DIR"}} (eval/real.py).
-    # Photos have no camera: a camera estimator is trained on the clean renders for them (or for
-    # every domain with eval: {camera: predicted}); eval: {camera_config, camera_args} set it up.
-    test_domains: dict[str, str] = {dom: str(path) for dom, path in domains.items()}
-    real_argv: list[str] = []
-    for dom, spec in (e.get("extra_domains") or {}).items():
-        if not (isinstance(spec, str) and spec.split(":", 1)[0] in ("pix3d", "images") and ":" in spec):
-            raise UserError(f"eval.extra_domains.{dom}: expected 'pix3d:ROOT' or 'images:DIR', got {spec!r}")
-        if str(dom) in test_domains:
-            raise UserError(f"eval.extra_domains.{dom}: the experiment already has a domain of that name")
-        test_domains[str(dom)] = spec
-    if len(test_domains) > len(domains):
-        real_argv = ["--cache-dir", str(data / "real"), "--crop-size", str(r.get("size", 224))]
-        if "categories" in e:
-            real_argv += ["--categories", ",".join(map(str, e["categories"]))]
-    if e.get("camera", "gt") == "predicted" or any(v.startswith("images:") for v in test_domains.values()):
+    # Test-only real photographs (eval.extra_domains, eval/real.py). Photos have no camera: a
+    # camera estimator is trained on the clean renders for them (and for every domain with
+    # eval: {camera: predicted}) unless eval.camera_ckpt names one.
+    test_data = {dom: str(path) for dom, path in domains.items()}
+    eval_flags = _flags("eval", e)
+    real = real_domains(e)
+    if real:
+        test_data.update(real)
+        eval_flags += ["--cache-dir", str(data / "real")] if "cache_dir" not in e else []
+        eval_flags += ["--crop-size", str(r.get("size", 224))] if "crop_size" not in e else []
+    needs_camera = e.get("camera") == "predicted" or any(v.startswith("images:") for v in real.values())
+    if needs_camera and not e.get("camera_ckpt"):
         cam_last = runs / "camera" / "checkpoints" / "last.ckpt"
-        stages.append(Stage("train camera", ["train-camera", "--config", e.get("camera_config",
-                                                                                "configs/train/camera_tiny.yaml"),
+        stages.append(Stage("train camera", ["train-camera", "--config", str(e.get("camera_config",
+                                                                                    "configs/train/camera_tiny.yaml")),
                                              "--seed_everything", str(seed), "--runs_dir", str(runs), "--name",
                                              "camera", "--data.shards", str(renders),
                                              *[str(a) for a in e.get("camera_args", [])]],
                             runs / "camera", cam_last, resume_argv=["--ckpt_path", str(cam_last)]))
-        real_argv += ["--camera-ckpt", str(cam_last), "--camera", e.get("camera", "gt")]
+        eval_flags += ["--camera-ckpt", str(cam_last)]
 
     # One eval stage per model: the model is loaded once and scored on every test domain.
     eval_dirs = []
     for model, ckpt in models.items():
-        outs = [runs / "eval" / f"{model}__{dom}" for dom in test_domains]
-        argv = ["eval", "--ckpt", str(ckpt), "--data", *test_domains.values(), "--split",
-                e.get("split", "test"), "--out", *map(str, outs), "--no-progress", *real_argv]
-        for key in ("views",):
-            if key in e:
-                argv += [f"--{key}", ",".join(map(str, e[key]))]
-        for key in ("resolution", "points"):
-            if key in e:
-                argv += [f"--{key}", str(e[key])]
+        outs = [runs / "eval" / f"{model}__{dom}" for dom in test_data]
+        argv = ["eval", "--ckpt", str(ckpt), "--data", *test_data.values(), "--out", *map(str, outs),
+                "--no-progress", *eval_flags]
         stages.append(Stage(f"eval {model}", argv, outs[-1], outs[-1] / "summary.json"))
         eval_dirs += [str(o) for o in outs]
     stages.append(Stage("report", ["report", *eval_dirs, "--out", str(report)], report, None))
     return stages
+
+
+def machine_info() -> dict[str, Any]:
+    """What ran the experiment, for the README's statement of conditions."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+                            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - the record must not stop the experiment
+        pass
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return info
 
 
 def run_experiment(path: str | Path, dry_run: bool = False, log=print) -> int:
@@ -179,7 +367,10 @@ def run_experiment(path: str | Path, dry_run: bool = False, log=print) -> int:
         prefix = f"[{i}/{len(stages)}] {s.name}"
         if s.is_done(runs):
             log(f"{prefix}: done before, skipped")
-            timings.append((s.name, 0.0, "skipped"))
+            try:  # the marker holds the stage's own duration, so timings survive a resume
+                timings.append((s.name, float(s.marker(runs).read_text().split()[0]), "earlier"))
+            except (OSError, ValueError, IndexError):
+                timings.append((s.name, 0.0, "skipped"))
             continue
         logfile = logs / (s.name.replace(" ", "_") + ".log")
         argv = list(s.argv)
@@ -199,7 +390,17 @@ def run_experiment(path: str | Path, dry_run: bool = False, log=print) -> int:
         s.marker(runs).write_text(f"{dt:.1f}\n")
         log(f"{prefix}: ok in {dt:.0f}s -> {s.output}")
         timings.append((s.name, dt, "ran"))
-    total = time.monotonic() - t_all
+    wall = time.monotonic() - t_all
+    total = sum(d for _, d, _ in timings)  # every stage's own time, this call's and earlier ones
     (runs / "timings.tsv").write_text("".join(f"{n}\t{d:.1f}\t{st}\n" for n, d, st in timings) + f"total\t{total:.1f}\t\n")
-    log(f"experiment {cfg['name']}: finished in {total:.0f}s; report in {stages[-1].output}")
+    # Only when every stage ran in this call are the timings those of one uninterrupted run.
+    note = None
+    if any(st != "ran" for _, _, st in timings):
+        note = f"resumed; this call ran {wall / 60:.0f} min, the times are every stage's own, summed"
+    import json
+
+    (runs / "machine.json").write_text(json.dumps({**machine_info(), "finished": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                  time.gmtime()), "note": note}, indent=1) + "\n")
+    log(f"experiment {cfg['name']}: finished in {wall:.0f}s (stages {total:.0f}s in all); report in "
+        f"{stages[-1].output}; stage times in {runs / 'timings.tsv'}")
     return 0

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,11 +24,14 @@ import numpy as np
 from . import __version__
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .errors import UserError
-from .layout import SPLITS, read_splits, shapes_dir, split_of_key
-from .runinfo import check_resume, derive_seed, write_config
+from .layout import SPLITS, read_splits, shapes_dir, split_of_key, view_of_key
+from .runinfo import check_resume, derive_seed, output_lock, write_config
+from .safeio import atomic_write_bytes
 from .samples import decode_json, decode_png
+from .sampling import DEFAULTS as D
+from .sampling import parse_model_size, pipeline_size
 from .scenes import DEFAULT_NEGATIVE, DEFAULT_PROMPT, check_template, load_scenes, make_prompt
-from .shards import Failure, ShardStore, iter_tar_samples, read_index
+from .shards import Failure, ShardDamaged, ShardStore, read_index, verified_samples
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,10 @@ log = logging.getLogger(__name__)
 # how fast the work is done, not what it produces.
 RUNTIME_KEYS = ("batch_size", "device", "overwrite", "threads", "out_dir", "progress")
 COPIED_FIELDS = ("mask.png", "camera.json", "meta.json")
+# Copied when the render has them: the Laplacian loss of `cdc-aug train` needs the view's
+# normal and depth maps, and the paper trains augmented images with the clean view's
+# normals, so augmented and clean samples get the same losses (train_svr/README.md).
+TRAINING_FIELDS = ("normal.png", "depth.npy")
 
 
 @dataclass
@@ -43,24 +50,27 @@ class GenerateConfig:
     in_dir: str
     out_dir: str
     mode: str = "ilvr"  # "ilvr" | "copy-paste"
-    t_in: float = 0.5
-    t_out: float = 0.0
-    n_in: int = 1
-    n_out: int = 1
-    space: str = "x0"
-    blur: str = "auto"
+    t_in: float = D.t_in
+    t_out: float = D.t_out
+    n_in: int = D.n_in
+    n_out: int = D.n_out
+    space: str = D.space
+    blur: str = D.blur
     model: str | None = None
-    steps: int = 50
-    guidance: float = 5.0
+    model_size: str = D.model_size  # native | input | N | WxH: the size the model samples at
+    steps: int = D.steps
+    guidance: float = D.guidance
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = DEFAULT_NEGATIVE
     scenes: str | None = None
     backgrounds: str | None = None
-    resample_start: float = 0.0
-    jump_length: int = 1
-    jump_n_sample: int = 1
-    seed: int = 0
+    resample_start: float = D.resample_start
+    jump_length: int = D.jump_length
+    jump_n_sample: int = D.jump_n_sample
+    seed: int = D.seed
     split: str = "train"
+    views: list[int] | None = None  # only these view indices (None: every view)
+    label: str | None = None  # the domain name reports use (eval.evaluate.domain_of)
     dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     # The grey the object is placed on to form the reference image; only the blur at
     # the mask border sees it (t_out = 0 frees the background).
@@ -94,8 +104,11 @@ def check_config(cfg: GenerateConfig) -> None:
         raise UserError(f"--space {cfg.space}: choose x0 or xt")
     if cfg.mode == "copy-paste" and not cfg.backgrounds:
         raise UserError("--mode copy-paste needs --backgrounds DIR")
+    if cfg.label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}", cfg.label):
+        raise UserError(f"--label {cfg.label!r}: use 1-64 letters, digits, - _ . =")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise UserError(f"--batch-size {cfg.batch_size}: must be at least 1")
+    parse_model_size(cfg.model_size)
     check_template(cfg.prompt)
     load_scenes(cfg.scenes)
     src = Path(cfg.in_dir)
@@ -106,6 +119,11 @@ def check_config(cfg: GenerateConfig) -> None:
         raise UserError(f"--in {cfg.in_dir}: holds a '{index.get('stage')}' stage, not renders")
     if not index.get("shards") or not index.get("num_samples"):
         raise UserError(f"--in {cfg.in_dir}: holds no samples")
+    if cfg.views is not None and index.get("views") is not None:
+        missing = sorted(v for v in cfg.views if not 0 <= v < int(index["views"]))
+        if missing:
+            raise UserError(f"--views: {cfg.in_dir} has {index['views']} views per shape (0-{int(index['views']) - 1}), "
+                            f"not {', '.join(map(str, missing))}")
     if cfg.split != "all":
         splits = read_splits(src)
         if cfg.split not in splits:
@@ -184,6 +202,7 @@ class Augmenter:
         # in any batch, on any rank.
         gens = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs = dict(
+            **pipeline_size(parse_model_size(cfg.model_size), refs[0].shape[:2]),
             image=refs,
             mask_image=masks,
             t_in=cfg.t_in,
@@ -217,6 +236,7 @@ class Augmenter:
                 "space": cfg.space,
                 "blur": cfg.blur,
                 "steps": cfg.steps,
+                "model_size": cfg.model_size,
                 "reference_grey": cfg.reference_grey,
             }
             if cfg.resample_start > 0:
@@ -300,18 +320,21 @@ def _shard_samples(
             out = {"__key__": s["__key__"], "image.png": image, "aug.json": {**info, "key": s["__key__"]}}
             for f in COPIED_FIELDS:
                 out[f] = raw[f]
+            for f in TRAINING_FIELDS:
+                if f in raw:
+                    out[f] = raw[f]
             yield out
         progress.add(len(batch))
 
     batch: list[dict[str, Any]] = []
-    it = iter_tar_samples(in_path)
+    it = verified_samples(in_path)
     while True:
         try:
             sample = next(it)
         except StopIteration:
             break
-        except (tarfile.TarError, OSError, EOFError) as e:
-            failures.append(Failure(in_path.name, f"corrupt input shard, read stopped: {e}"))
+        except ShardDamaged as e:  # every key of the shard is listed; the shard is retried next run
+            failures.extend(e.failures(keep))
             break
         key = sample["__key__"]
         if not keep(key):
@@ -358,7 +381,10 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any] | None:
         torch.set_num_threads(cfg.threads)
     info = init_distributed(cfg.device)
     try:
-        return _run(cfg, info)
+        if not info.is_main:
+            return _run(cfg, info)
+        with output_lock(cfg.out_dir, "cdc-aug generate"):
+            return _run(cfg, info)
     finally:
         shutdown(info)
 
@@ -393,6 +419,11 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
 
         def keep(key):
             return split_of_key(key) in wanted
+    if cfg.views is not None:
+        views, in_split = set(cfg.views), keep
+
+        def keep(key):
+            return in_split(key) and view_of_key(key) in views
 
     mine = [i for i in range(len(in_shards)) if i % info.world_size == info.rank]
     total = _count_wanted(in_shards, keep, int(src_index["num_samples"]))
@@ -401,12 +432,13 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
     progress = _Progress(out, info, total, cfg.progress)
     done_before = 0
     for i in mine:
-        if store.is_complete(i):
+        if store.is_done(i, src_index["shards"][i]["sha256"]):  # redone when its input changed
             done_before += 1
             progress.add((store.read_sidecar(i) or {}).get("count", 0))
             continue
         failures: list[Failure] = []
-        store.write(i, _shard_samples(in_shards[i], keep, augment, bs, failures, progress), failures=failures)
+        store.write(i, _shard_samples(in_shards[i], keep, augment, bs, failures, progress), failures=failures,
+                    source=src_index["shards"][i]["sha256"])
     progress.close()
     if done_before:
         log.info("rank %d: %d of its %d shards were already complete", info.rank, done_before, len(mine))
@@ -419,11 +451,13 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
         "mode": cfg.mode,
         "t_in": cfg.t_in,
         "t_out": cfg.t_out,
+        "space": cfg.space,
         "split": cfg.split,
+        "label": cfg.label,
         "cdc_aug": __version__,
     }
-    index = store.finalize(len(in_shards), extra=extra)
+    index = store.finalize(len(in_shards), extra=extra, require_samples=True)
     if (src / SPLITS).exists():
-        shutil.copyfile(src / SPLITS, out / SPLITS)
+        atomic_write_bytes(out / SPLITS, (src / SPLITS).read_bytes())
     shutil.rmtree(out / ".progress", ignore_errors=True)
     return index

@@ -11,7 +11,10 @@ SDF sign: negative inside, positive outside. ``occ_labels``: 1 inside.
 Ground truth per shape (h5py), ``<shapes_dir>/<synset>/<model_id>.h5`` (ids sanitised):
   datasets ``sdf_samples`` (N, 4) float32 xyz+sdf, ``surface_points`` (100k, 3),
   ``surface_normals`` (100k, 3), ``occ_points`` (100k, 3), ``occ_labels`` (100k,) uint8;
-  attrs ``center`` (3,), ``scale``, ``synset``, ``model_id``, ``category``, ``source``.
+  attrs ``center`` (3,), ``scale``, ``synset``, ``model_id``, ``category``, ``source``,
+  ``provenance`` (JSON: what made the file, render/groundtruth.py). A render directory's
+  index.json lists ``shape_provenance``: shape key -> digest of that JSON, which readers
+  check, so ground truth replaced by another run is refused instead of scored against.
 
 A render directory's ``index.json`` names its shape store as ``shapes_dir`` (relative to
 the render directory, or absolute); a generate run's ``index.json`` names the render
@@ -47,6 +50,18 @@ def shapes_dir(stage_root: str | Path) -> Path:
     raise UserError(f"{root / 'index.json'}: names no shapes_dir")
 
 
+def shape_provenance(stage_root: str | Path) -> dict[str, str]:
+    """Shape key -> provenance digest recorded by the render directory behind
+    ``stage_root`` (empty for directories made before provenance was recorded)."""
+    root = Path(stage_root)
+    index = read_index(root)
+    if "shape_provenance" in index:
+        return dict(index["shape_provenance"])
+    if "renders_dir" in index:
+        return shape_provenance(_resolve(root, index["renders_dir"]))
+    return {}
+
+
 def shape_file(shapes_root: str | Path, synset: str, model_id: str) -> Path:
     return Path(shapes_root) / sanitize_id(synset) / f"{sanitize_id(model_id)}.h5"
 
@@ -67,3 +82,8 @@ def shape_key(synset: str, model_id: str) -> str:
 def split_of_key(sample_key: str) -> str:
     """The shape key of a sample key ``<synset>_<model_id>_<view>``."""
     return sample_key.rsplit("_", 1)[0]
+
+
+def view_of_key(sample_key: str) -> int:
+    """The view index of a sample key ``<synset>_<model_id>_<view>``."""
+    return int(sample_key.rsplit("_", 1)[1])

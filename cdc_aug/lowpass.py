@@ -1,4 +1,4 @@
-"""Low-pass filters, mask smoothing and time masks for masked ILVR (DESIGN §3).
+"""Low-pass filters, mask smoothing and time masks for masked ILVR (docs/design.md §4).
 
 All functions take and return ``(B, C, H, W)`` tensors and work on any device and
 floating dtype; the pipeline calls them in float32 so that fp16 models on CUDA get the

@@ -1,4 +1,4 @@
-"""Masked ILVR (Hachnochi et al. 2023) as a diffusers pipeline; DESIGN §3.
+"""Masked ILVR (Hachnochi et al. 2023) as a diffusers pipeline; docs/design.md §4.
 
 A reference image's low frequencies are injected into a pretrained model's sampling,
 per region: the object (mask 1) is guided for the first ``t_in`` fraction of the steps
@@ -9,6 +9,10 @@ serves three kinds of model:
 - latent Stable Diffusion text-to-image (``vae``, ``text_encoder``, ``tokenizer``);
 - Stable Diffusion inpainting (a 9-channel UNet), conditioned on "keep the object,
   generate the rest" while the object is guided and on "generate everything" after.
+
+Like diffusers pipelines it samples at the model's native size (``height``/``width``,
+default ``unet.config.sample_size × vae_scale_factor``: 512² for SD 1.5) and returns the
+input's size, so a 224² render runs on SD's 64² latent grid, not on a 28² one.
 
 Guidance in x0 space (default) is applied to the model output, not to the scheduler:
 the predicted clean sample is guided and the output is rebuilt in the model's own
@@ -30,6 +34,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .lowpass import auto_blur_sigma, gaussian_blur, guided_steps, masked_lowpass, stop_fraction, time_mask
+from .sampling import DEFAULTS
 
 # RePaint's jumps re-run steps out of order: only schedulers whose step depends on the
 # timestep alone (no history, no internal step counter) can do that.
@@ -158,15 +163,18 @@ class MaskedILVRPipeline(DiffusionPipeline):
         # A UNet2DModel halves the grid once per down block but the last.
         return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
-    def _grid_size(self, h: int, w: int) -> tuple[int, int]:
-        if not self.is_latent:
-            return h, w
-        f = self.vae_scale_factor
-        return max(1, h // f), max(1, w // f)
+    def default_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The model's native (height, width): ``unet.config.sample_size × vae_scale_factor``,
+        as diffusers pipelines default to; the input's size when the UNet records none."""
+        s = getattr(self.unet.config, "sample_size", None)
+        if s is None:
+            return image_hw
+        sh, sw = (s, s) if isinstance(s, int) else s
+        return sh * self.vae_scale_factor, sw * self.vae_scale_factor
 
     def check_inputs(
         self, images, masks, t_in, t_out, n_in, n_out, space, blur, num_inference_steps, prompt,
-        negative_prompt, resample_start, jump_length, jump_n_sample, generator, output_type,
+        negative_prompt, resample_start, jump_length, jump_n_sample, generator, output_type, height, width,
     ) -> None:
         for name, v in (("t_in", t_in), ("t_out", t_out), ("resample_start", resample_start)):
             if not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
@@ -205,14 +213,19 @@ class MaskedILVRPipeline(DiffusionPipeline):
                 raise ValueError(f"`mask_image` is {m.shape[-1]}x{m.shape[-2]} but `image` is {w}x{h}")
             if m.min() < 0 or m.max() > 1:
                 raise ValueError(f"`mask_image` {i} must hold values in [0, 1] (1 = object)")
-        if not self.is_latent and (h % self._unet_size_multiple() or w % self._unet_size_multiple()):
-            raise ValueError(
-                f"`image` is {w}x{h}; this pixel UNet needs sides divisible by {self._unet_size_multiple()}"
-            )
-        gh, gw = self._grid_size(h, w)
+        for name, v in (("height", height), ("width", width)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1):
+                raise ValueError(f"`{name}` must be a positive integer or None (the model's size), got {v!r}")
+        mh, mw = self.default_size((h, w))
+        mh, mw = height or mh, width or mw
+        # the size the model samples at: a multiple of the VAE's factor (latent), of the UNet's (pixel)
+        f = self.vae_scale_factor if self.is_latent else self._unet_size_multiple()
+        if mh % f or mw % f:
+            raise ValueError(f"`height`x`width` is {mw}x{mh}; this model needs sides divisible by {f}")
+        gh, gw = (mh // f, mw // f) if self.is_latent else (mh, mw)
         for name, n in (("n_in", n_in), ("n_out", n_out)):
             if gh % n or gw % n:
-                raise ValueError(f"`{name}`={n} does not divide the model's {gw}x{gh} grid (image {w}x{h})")
+                raise ValueError(f"`{name}`={n} does not divide the model's {gw}x{gh} grid (sampled at {mw}x{mh})")
         sched = self.scheduler
         if not hasattr(sched, "alphas_cumprod") or float(getattr(sched, "init_noise_sigma", 1.0)) != 1.0:
             raise ValueError(
@@ -234,6 +247,8 @@ class MaskedILVRPipeline(DiffusionPipeline):
         if prompt is not None and not self.is_text_conditioned:
             warnings.warn("`prompt` is ignored: this model is unconditional", stacklevel=3)
 
+    # Follows diffusers' StableDiffusionPipeline.encode_prompt (padding to the tokenizer's
+    # max length, an attention mask only where the encoder asks for one), without LoRA and clip-skip.
     @torch.no_grad()
     def encode_prompt(self, prompt: list[str], device) -> torch.Tensor:
         tok = self.tokenizer(
@@ -245,6 +260,7 @@ class MaskedILVRPipeline(DiffusionPipeline):
             attn = tok.attention_mask.to(device)
         return self.text_encoder(tok.input_ids.to(device), attention_mask=attn)[0]
 
+    # Follows diffusers' retrieve_latents(..., sample_mode="argmax") with scaling_factor / shift_factor.
     def _encode_vae(self, x: torch.Tensor) -> torch.Tensor:
         # The distribution's mode: the reference must not depend on the generator.
         z = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode().float()
@@ -256,7 +272,7 @@ class MaskedILVRPipeline(DiffusionPipeline):
         z = z / self.vae.config.scaling_factor + shift
         return self.vae.decode(z.to(self.vae.dtype)).sample.float()
 
-    def _model_output(self, x, t, cond, guidance_scale, inpaint_cond):
+    def _model_output(self, x, t, cond, guidance_scale, inpaint_cond, unet_dtype):
         """The UNet's output for state ``x`` in float32, classifier-free guidance applied."""
         x_in = self.scheduler.scale_model_input(x, t)
         use_cfg = cond is not None and cond.shape[0] == 2 * x.shape[0]
@@ -264,7 +280,7 @@ class MaskedILVRPipeline(DiffusionPipeline):
             x_in = torch.cat([x_in, x_in])
         if inpaint_cond is not None:
             x_in = torch.cat([x_in, *(torch.cat([c, c]) if use_cfg else c for c in inpaint_cond)], dim=1)
-        x_in = x_in.to(self.unet.dtype)
+        x_in = x_in.to(unet_dtype)
         if cond is None:
             out = self.unet(x_in, t).sample
         else:
@@ -275,69 +291,154 @@ class MaskedILVRPipeline(DiffusionPipeline):
             out = uncond + guidance_scale * (text - uncond)
         return out
 
+    def _inpaint_conditions(self, keep, masked_latents, time_masks) -> list:
+        """The inpainting UNet's extra input, (mask channel, masked-image latent), per step.
+
+        Inpainting UNets take 1 = "repaint". The object is kept, per pixel, while it is
+        guided: kept = keep · M_t. Where its guidance has ended the UNet is told to repaint
+        and its masked-image latent there is zeroed; once no object pixel is guided the
+        whole image switches to the paper's "generate everything" (mask all ones, latent
+        zero; its code: ``c_concat[:, 0] = 1; c_concat[:, 1:] = 0`` when guidance ends), so
+        nothing of the reference reaches the UNet through these channels afterwards.
+
+        Per pixel, not for the whole image when all guidance ends (the paper's rule): with
+        the background guided longer than the object (t_out > t_in, object immersion) a
+        whole-image switch would keep the object pinned by the inpainting channels for all
+        of t_out and make t_in meaningless. With t_out = 0 and no blur (the paper's SVR
+        setting) the two rules are the same step by step.
+        """
+        conds, cache = [], {}
+        for mt in time_masks:
+            key = id(mt)
+            if key not in cache:
+                kept = keep * mt
+                # per sample: is any of its object still guided? (a batch mixes samples)
+                active = (kept.amax(dim=(1, 2, 3), keepdim=True) > 0).float()
+                # while active, the background holds the encoded masked image, as diffusers and the paper pass it
+                cache[key] = (1 - kept, masked_latents * (1 - keep + kept) * active)
+            conds.append(cache[key])
+        return conds
+
     @torch.no_grad()
     def __call__(
         self,
         image,
         mask_image,
-        t_in: float = 0.5,
-        t_out: float = 0.0,
-        n_in: int = 1,
-        n_out: int = 1,
-        space: str = "x0",
-        blur: str | float = "auto",
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        t_in: float = DEFAULTS.t_in,
+        t_out: float = DEFAULTS.t_out,
+        n_in: int = DEFAULTS.n_in,
+        n_out: int = DEFAULTS.n_out,
+        space: str = DEFAULTS.space,
+        blur: str | float = DEFAULTS.blur,
+        num_inference_steps: int = DEFAULTS.steps,
+        guidance_scale: float = DEFAULTS.guidance,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
-        resample_start: float = 0.0,
-        jump_length: int = 10,
-        jump_n_sample: int = 10,
+        resample_start: float = DEFAULTS.resample_start,
+        jump_length: int = DEFAULTS.jump_length,
+        jump_n_sample: int = DEFAULTS.jump_n_sample,
+        height: int | None = None,
+        width: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ):
-        r"""Composite: sample from the model, guided toward ``image`` region by region.
+        r"""Composite: sample from the model, guided toward `image` region by region.
+
+        The defaults are `cdc_aug.sampling.DEFAULTS`, shared with `cdc-aug generate` and
+        `cdc-aug composite`.
 
         Args:
-            image: reference image(s): PIL, numpy (HxWxC, uint8 or float in [0, 1]) or torch
-                (CxHxW in [0, 1] or [-1, 1]); a list or a 4-d array is a batch.
-            mask_image: 1 on the object, 0 on the background; one per image or one for all.
-            t_in, t_out: fraction of the steps (from the noisiest) during which the object /
-                background keeps the reference's low frequencies: 1 keeps them, 0 frees them.
-            n_in, n_out: low-pass factors (in the model's grid: latent pixels for latent
-                models); 1 passes everything, larger keeps only coarser structure.
-            space: "x0" guides the predicted clean sample (default, no aliasing of the
-                noise); "xt" is classic ILVR on the noisy sample, with the reference noised
-                to the level the step lands on.
-            blur: Gaussian sigma, in image pixels, smoothing the mask and the time masks;
-                "auto" = max(n_in, n_out) / 2 grid pixels.
-            num_inference_steps: K, the scheduler's number of steps.
-            guidance_scale: classifier-free guidance for text models (<= 1 disables it).
-            prompt, negative_prompt: text for text models; ignored (with a warning) otherwise.
-            resample_start: fraction of the steps (from the noisiest) run with RePaint-style
-                resampling; 0 disables it.
-            jump_length, jump_n_sample: RePaint's window length and repeats per window.
-            generator: a generator, or one per image (then each image's result does not
-                depend on what else is in the batch).
-            output_type: "pil", "np" (NHWC float in [0, 1]) or "pt" (NCHW float in [0, 1]).
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                The reference image(s): PIL, numpy (HxWxC, uint8 or float in [0, 1]) or torch
+                (CxHxW in [0, 1] or [-1, 1]); a list or a 4-d array is a batch of equally sized
+                images.
+            mask_image (same types as `image`):
+                1 on the object, 0 on the background; one per image or one for all.
+            t_in (`float`, *optional*, defaults to 0.5):
+                Fraction of the steps, from the noisiest, during which the object keeps the
+                reference's low frequencies: 1 keeps them all the way, 0 frees the object.
+            t_out (`float`, *optional*, defaults to 0.0):
+                The same for the background; 0 generates a free scene.
+            n_in (`int`, *optional*, defaults to 1):
+                Low-pass factor on the object, in the model's grid (latent pixels for latent
+                models): 1 passes every frequency, larger keeps only coarser structure.
+            n_out (`int`, *optional*, defaults to 1):
+                The same for the background.
+            space (`str`, *optional*, defaults to `"x0"`):
+                `"x0"` guides the predicted clean sample; `"xt"` is classic ILVR on the noisy
+                sample, with the reference noised to the level the step lands on.
+            blur (`str` or `float`, *optional*, defaults to `"auto"`):
+                Gaussian sigma, in pixels of the sampled image, smoothing the mask and the time
+                masks; `"auto"` = max(n_in, n_out) / 2 grid pixels, 0 = hard masks.
+            num_inference_steps (`int`, *optional*, defaults to 50):
+                K, the scheduler's number of steps.
+            guidance_scale (`float`, *optional*, defaults to 5.0):
+                Classifier-free guidance for text models; <= 1 disables it.
+            prompt (`str` or `List[str]`, *optional*):
+                Text for text models; ignored (with a warning) by unconditional ones.
+            negative_prompt (`str` or `List[str]`, *optional*):
+                Text to guide away from (text models with `guidance_scale` > 1).
+            resample_start (`float`, *optional*, defaults to 0.0):
+                Fraction of the steps, from the noisiest, run with RePaint-style resampling;
+                0 disables it (needs a DDIM or DDPM scheduler).
+            jump_length (`int`, *optional*, defaults to 10):
+                RePaint's window length in steps.
+            jump_n_sample (`int`, *optional*, defaults to 10):
+                RePaint's repeats per window.
+            height (`int`, *optional*, defaults to `unet.config.sample_size * vae_scale_factor`):
+                Height the model samples at; reference and mask are resized to it and the
+                result back to the input's size. Pass the input's height to sample at it
+                (fully convolutional pixel UNets such as the bundled model can).
+            width (`int`, *optional*, defaults to `unet.config.sample_size * vae_scale_factor`):
+                Width the model samples at, as `height`.
+            generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
+                A generator, or one per image (then each image's result does not depend on
+                what else is in the batch).
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"`, `"np"` (NHWC float in [0, 1]) or `"pt"` (NCHW float in [0, 1]).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return an `ImagePipelineOutput` instead of a tuple.
+
+        Example:
+
+        ```py
+        >>> import numpy as np
+        >>> import torch
+        >>> from cdc_aug import MaskedILVRPipeline
+        >>> from cdc_aug.models import DEFAULT_MODEL_DIR
+
+        >>> pipe = MaskedILVRPipeline.from_pretrained(DEFAULT_MODEL_DIR)  # the bundled 64² pixel model
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> image = np.full((96, 96, 3), 127, np.uint8)  # a red square on grey
+        >>> image[24:72, 24:72] = (200, 40, 40)
+        >>> mask = np.zeros((96, 96), np.float32)
+        >>> mask[24:72, 24:72] = 1
+        >>> out = pipe(image, mask, t_in=0.5, num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+        >>> out.images[0].size  # sampled at the model's 64², returned at the input's size
+        (96, 96)
+
+        ```
 
         Returns:
-            `ImagePipelineOutput` with the composites at the input images' size, or a tuple.
+            [`~pipelines.ImagePipelineOutput`] or `tuple`: the composites at the input images'
+            size; a tuple whose first element is the list of images when `return_dict` is False.
         """
         # 1. Convert and check inputs
         images = [_to_tensor(im, "image", gray=False) for im in _as_list(image)]
         masks = [_to_tensor(m, "mask_image", gray=True) for m in _as_list(mask_image)]
         self.check_inputs(
             images, masks, t_in, t_out, n_in, n_out, space, blur, num_inference_steps, prompt,
-            negative_prompt, resample_start, jump_length, jump_n_sample, generator, output_type,
+            negative_prompt, resample_start, jump_length, jump_n_sample, generator, output_type, height, width,
         )
         self._warn_inputs(masks, prompt)
         device = self._execution_device
         batch = len(images)
         if len(masks) == 1:
             masks = masks * batch
-        height, width = images[0].shape[-2:]
+        in_h, in_w = images[0].shape[-2:]
+        model_h, model_w = self.default_size((in_h, in_w))
+        height, width = height or model_h, width or model_w
         y = torch.stack(images).to(device) * 2 - 1
         mask = torch.stack(masks).to(device)
 
@@ -350,15 +451,15 @@ class MaskedILVRPipeline(DiffusionPipeline):
                 negs = [negative_prompt or ""] * batch if not isinstance(negative_prompt, list) else negative_prompt
                 cond = torch.cat([self.encode_prompt(negs, device), cond])
 
-        # 3. Bring the reference and the mask to the model's grid
+        # 3. Bring the reference and the mask to the model's size, then to its grid
+        if (height, width) != (in_h, in_w):
+            y = F.interpolate(y, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+            mask = F.interpolate(mask, size=(height, width), mode="bilinear", antialias=True,
+                                 align_corners=False).clamp(0, 1)
         if self.is_latent:
             f = self.vae_scale_factor
-            gh, gw = self._grid_size(height, width)
-            if (gh * f, gw * f) != (height, width):
-                y = F.interpolate(y, size=(gh * f, gw * f), mode="bilinear", antialias=True, align_corners=False)
-                mask = F.interpolate(mask, size=(gh * f, gw * f), mode="area")
             y0 = self._encode_vae(y)
-            mask_grid = F.interpolate(mask, size=(gh, gw), mode="area")
+            mask_grid = F.interpolate(mask, size=y0.shape[-2:], mode="area")
         else:
             f = 1
             y0, mask_grid = y, mask
@@ -367,26 +468,36 @@ class MaskedILVRPipeline(DiffusionPipeline):
         stop = stop_fraction(mask_b, float(t_in), float(t_out))
         phi_y0 = masked_lowpass(y0, n_in, n_out, mask_b)
 
-        inpaint_keep = masked_latents = None
-        if self.is_inpainting:
-            # Inpainting UNets take 1 = "repaint"; the object is what we keep.
-            inpaint_keep = (mask_grid >= 0.5).float()
-            masked_latents = self._encode_vae(y * (mask >= 0.5))
-
-        # 4. Timesteps and initial noise
+        # 4. Timesteps, time masks and initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         # K is the number of model calls; PNDM's PLMS warm-up adds one to the steps asked for.
         num_steps = len(timesteps)
+        # M_t depends on the step alone: computed once, not once per (re-)run of a step
+        time_masks, guided, last = [], [], None
+        for k in range(num_steps):
+            hard = stop * num_steps > k + 0.5
+            if last is None or not torch.equal(hard, last[0]):
+                last = (hard, time_mask(stop, k, num_steps, sigma))
+            time_masks.append(last[1])
+            guided.append(bool(hard.any()))
+        inpaint_conds = None
+        if self.is_inpainting:
+            keep = (mask_grid >= 0.5).float()
+            masked_latents = self._encode_vae(y * (mask >= 0.5)) if t_in > 0 else torch.zeros_like(y0)
+            inpaint_conds = self._inpaint_conditions(keep, masked_latents, time_masks)
         alphas = self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
         shape = (batch, y0.shape[1], y0.shape[2], y0.shape[3])
         x = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         x = x * self.scheduler.init_noise_sigma
+        # Follows diffusers' prepare_extra_step_kwargs: a generator only where step() takes one.
         step_kwargs = {}
         params = inspect.signature(self.scheduler.step).parameters
         if "generator" in params:
             step_kwargs["generator"] = generator
         kind = self.scheduler.config.prediction_type
+        # `unet.dtype` walks every parameter: read once, not once per step
+        unet_dtype = self.unet.dtype
 
         # 5. Denoising loop (with RePaint jumps where the plan has them)
         plan = step_plan(num_steps, resample_start, jump_length, jump_n_sample)
@@ -400,19 +511,16 @@ class MaskedILVRPipeline(DiffusionPipeline):
                     continue
                 k = entry[1]
                 t = timesteps[k]
-                mt = time_mask(stop, k, num_steps, sigma)
-                guided = bool(mt.max() > 0)
-                inpaint_cond = None
-                if inpaint_keep is not None:
-                    inpaint_cond = (1 - inpaint_keep * mt, masked_latents)
-                out = self._model_output(x, t, cond, guidance_scale, inpaint_cond)
-                if guided and space == "x0":
+                mt = time_masks[k]
+                inpaint_cond = inpaint_conds[k] if inpaint_conds is not None else None
+                out = self._model_output(x, t, cond, guidance_scale, inpaint_cond, unet_dtype)
+                if guided[k] and space == "x0":
                     ab = alphas[t]
                     x0 = _to_x0(out, x, ab, kind)
                     x0 = x0 + mt * (phi_y0 - masked_lowpass(x0, n_in, n_out, mask_b))
                     out = _from_x0(x0, x, ab, kind)
                 x = self.scheduler.step(out, t, x, **step_kwargs, return_dict=False)[0].float()
-                if guided and space == "xt":
+                if guided[k] and space == "xt":
                     if k + 1 < num_steps:
                         # The level the step landed on, not one step noisier.
                         ab = alphas[timesteps[k + 1]]
@@ -427,8 +535,9 @@ class MaskedILVRPipeline(DiffusionPipeline):
         # 6. Decode and return at the input size
         img = self._decode_vae(x) if self.is_latent else x
         img = (img / 2 + 0.5).clamp(0, 1)
-        if img.shape[-2:] != (height, width):
-            img = F.interpolate(img, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+        if img.shape[-2:] != (in_h, in_w):
+            img = F.interpolate(img, size=(in_h, in_w), mode="bicubic", antialias=True, align_corners=False)
+            img = img.clamp(0, 1)
         img = img.cpu()
         self.maybe_free_model_hooks()
         if output_type == "pt":
@@ -440,4 +549,3 @@ class MaskedILVRPipeline(DiffusionPipeline):
         if not return_dict:
             return (result,)
         return ImagePipelineOutput(images=result)
-

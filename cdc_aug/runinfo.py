@@ -1,7 +1,10 @@
-"""What every run writes next to its output: the exact config, and seeds derived from it."""
+"""What every run writes next to its output: the exact config, seeds derived from it,
+and the lock that keeps a second run out of the same directory."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import platform
@@ -13,8 +16,10 @@ import yaml
 
 from . import __version__
 from .errors import UserError
+from .safeio import atomic_write_text
 
 CONFIG = "config.yaml"
+LOCK = ".lock"
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -49,10 +54,42 @@ def write_config(out_dir: str | os.PathLike, config: dict[str, Any], name: str =
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
     body = {"config": config, "environment": environment()}
-    tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(body, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(body, sort_keys=True))
     return path
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: str | os.PathLike, stage: str = "run"):
+    """Hold an advisory lock (``fcntl.flock``) on ``out_dir/.lock`` for the block.
+
+    A second run into the same directory fails at once with one line naming the pid that
+    holds it, instead of deleting the first run's temporaries. The lock goes with the
+    process (a killed run leaves nothing to clean up); the file stays and records the
+    last holder's pid. Processes of one distributed run share it: only the main one
+    takes it. On filesystems without flock support (some network mounts) no lock is taken.
+    """
+    import fcntl
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                holder = os.pread(fd, 128, 0).decode("ascii", "replace").strip().split(maxsplit=1)
+                pid = holder[0] if holder else "?"
+                raise UserError(f"{out}: another {holder[1] if len(holder) > 1 else 'run'} (pid {pid}) is "
+                                f"writing this directory; wait for it or choose another --out") from None
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {stage}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)
 
 
 def read_config(out_dir: str | os.PathLike, name: str = CONFIG) -> dict[str, Any] | None:
@@ -94,3 +131,38 @@ def read_settings_file(path: str | os.PathLike, flag: str = "--config") -> dict[
     if not isinstance(data, dict):
         raise UserError(f"{flag}: {p} must hold a mapping of settings")
     return data
+
+
+def apply_settings_file(args, parser, path: str | os.PathLike, record_only=(), flag: str = "--config") -> None:
+    """Fill the flags of ``args`` still at their defaults from the settings file ``path``.
+
+    Keys are the flags' names (``t_in`` or ``t-in``); flags given on the command line win;
+    ``record_only`` names keys a run's config.yaml holds that are not flags (skipped); any
+    other unknown key, or a value outside a flag's choices, is a one-line error. Lists
+    become comma lists, the form such flags take on the command line.
+    """
+    data = read_settings_file(path, flag)
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "func", "_parser")}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest in record_only:
+            continue
+        action = actions.get(dest)
+        if action is None:
+            raise UserError(f"{flag}: {path}: unknown setting {key!r}")
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
+        if action.nargs == 0:  # a switch such as --overwrite
+            if not isinstance(value, bool):
+                raise UserError(f"{flag}: {path}: {key}: {value!r} is not true or false")
+        elif value is not None:
+            # the value the flag would hold had it been typed on the command line
+            kind = action.type or str
+            try:
+                value = kind(value) if isinstance(value, str) or kind is str else value
+            except (TypeError, ValueError):
+                raise UserError(f"{flag}: {path}: {key}: {value!r} is not a {kind.__name__}") from None
+        if action.choices is not None and value not in action.choices:
+            raise UserError(f"{flag}: {path}: {key}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+        if getattr(args, dest) == parser.get_default(dest):
+            setattr(args, dest, value)

@@ -10,6 +10,16 @@ once, however often it was interrupted. ``finalize`` merges the sidecars into
 
 Several processes may write different shards of one store at once (``generate`` gives
 shard i to rank i % world_size); no two ever write the same file.
+
+Reading: every consumer (generate, train, eval, verify) reads shards through
+``verified_samples``, which first checks the shard against its ``index.json`` entry (name,
+byte count, sha256; a shard already checked in this process with the same size, inode and
+mtime is not hashed again), refuses compressed tars, and caps every member at
+``safeio.cap("member")``. A shard that fails raises ``ShardDamaged``, which lists the keys
+lost with it (from the shard's sidecar); a stage records them and marks its own output
+shard for a retry, so a run started again after the input is repaired produces what a
+clean run produces. ``index.json`` shard names must match ``<prefix>-NNNNNN.tar``; any
+other name (``../../etc/hostname``) is a one-line error.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .safeio import atomic_write_text, cap, fsync_dir, human, is_stage_error, tmp_name
 from .samples import encode_sample
 
 INDEX = "index.json"
@@ -37,15 +49,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -89,18 +92,40 @@ class ShardStore:
     def is_complete(self, index: int) -> bool:
         meta = self.read_sidecar(index)
         path = self.path(index)
-        return meta is not None and path.exists() and path.stat().st_size == meta["bytes"]
+        return meta is not None and path.exists() and path.stat().st_size == meta.get("bytes")
+
+    def is_done(self, index: int, source: str | None = None) -> bool:
+        """Complete, made from ``source`` (when given: what the stage read to make it, e.g.
+        its input shard's sha256), and not written around a damaged input. Shards that are
+        not done are written again, so a run after the input is repaired or changed
+        produces what a clean run produces."""
+        meta = self.read_sidecar(index) or {}
+        return (self.is_complete(index) and not meta.get("retry")
+                and (source is None or meta.get("source") == source))
 
     # -- writing ------------------------------------------------------------------
-    def write(self, index: int, samples: Iterable[dict[str, Any]], failures: list[Failure] | None = None) -> dict:
+    def write(self, index: int, samples: Iterable[dict[str, Any]], failures: list[Failure] | None = None,
+              source: str | None = None) -> dict:
         """Write shard ``index`` from ``samples`` (fields encoded by extension).
 
         ``failures`` is read after ``samples`` is exhausted, so a generator may append
-        the inputs it had to skip while it runs.
+        the inputs it had to skip while it runs. ``source`` (recorded in the sidecar)
+        identifies what the shard was made from, for ``is_done``.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.path(index)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        tmp = tmp_name(final)
+        side_tmp = tmp_name(self.sidecar(index))
+        try:
+            return self._write(index, samples, failures, final, tmp, side_tmp, source)
+        except BaseException:
+            # A stage-level fault (full disk, I/O error, interrupt) leaves no temporaries
+            # and no half shard: the shard stays incomplete and a rerun writes it.
+            tmp.unlink(missing_ok=True)
+            side_tmp.unlink(missing_ok=True)
+            raise
+
+    def _write(self, index: int, samples, failures, final: Path, tmp: Path, side_tmp: Path, source) -> dict:
         keys: list[str] = []
         seen: set[str] = set()
         h = hashlib.sha256()
@@ -135,27 +160,42 @@ class ShardStore:
             "keys": keys,
             "failures": [f.to_json() for f in (failures or [])],
         }
-        side_tmp = self.sidecar(index).with_name(f".{self.sidecar(index).name}.tmp-{os.getpid()}")
-        side_tmp.write_text(json.dumps(meta))
+        if any(f.extra.get("retry") for f in (failures or [])):
+            meta["retry"] = True
+        if source is not None:
+            meta["source"] = source
+        with open(side_tmp, "w") as f:
+            f.write(json.dumps(meta))
+            f.flush()
+            os.fsync(f.fileno())
         # Tar first, sidecar last: a crash in between leaves a tar without a sidecar,
         # which counts as incomplete and is rewritten on the next run.
         self.sidecar(index).unlink(missing_ok=True)
         os.replace(tmp, final)
+        fsync_dir(self.dir)
         os.replace(side_tmp, self.sidecar(index))
+        fsync_dir(self.dir)
         return meta
 
     def clean_temporaries(self) -> int:
-        """Remove temporary files left by interrupted writers (only when no writer runs)."""
+        """Remove temporary files left by interrupted writers (only when no writer runs:
+        the stage holds the directory's lock, runinfo.output_lock)."""
         n = 0
-        if self.dir.exists():
-            for p in self.dir.glob(".*.tmp-*"):
-                p.unlink(missing_ok=True)
-                n += 1
+        for d in (self.dir, self.root):
+            if d.exists():
+                for p in d.glob(".*.tmp-*"):
+                    if p.is_file():
+                        p.unlink(missing_ok=True)
+                        n += 1
         return n
 
-    def finalize(self, num_shards: int, extra: dict[str, Any] | None = None) -> dict:
-        """Merge the sidecars of shards ``0..num_shards-1`` into index.json and failures.jsonl."""
-        shards, failures = [], []
+    def finalize(self, num_shards: int, extra: dict[str, Any] | None = None, require_samples: bool = False,
+                 failures: list[Failure] | None = None) -> dict:
+        """Merge the sidecars of shards ``0..num_shards-1`` into index.json and failures.jsonl.
+        ``require_samples``: a stage that produced no sample at all is a one-line UserError
+        (after index.json and failures.jsonl are written, so the reasons can be read).
+        ``failures``: problems found outside any shard (a damaged input catalog), listed first."""
+        shards, failures = [], [f.to_json() for f in (failures or [])]
         for i in range(num_shards):
             meta = self.read_sidecar(i)
             if meta is None or not self.is_complete(i):
@@ -170,8 +210,11 @@ class ShardStore:
             **(extra or {}),
         }
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.root / INDEX, json.dumps(index, indent=1, sort_keys=True) + "\n")
-        _atomic_write_text(self.root / FAILURES, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
+        atomic_write_text(self.root / INDEX, json.dumps(index, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(self.root / FAILURES, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
+        if require_samples and index["num_samples"] == 0:
+            raise UserError(f"{self.root}: no samples produced, {len(failures)} failures "
+                            f"(reasons in {self.root / FAILURES})")
         return index
 
 
@@ -188,17 +231,66 @@ class _HashingWriter(io.RawIOBase):
 
 
 # -- reading ------------------------------------------------------------------------
-def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict[str, bytes]]:
-    """Yield samples (``{"__key__", "<field>": bytes}``) from one shard, in order.
+SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*-\d{6}\.tar$")
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+               b"\x5d\x00\x00": "lzma"}
+
+
+class ShardDamaged(UserError):
+    """A shard that may not be used: missing, resized, altered, compressed or unreadable.
+    ``lost_keys`` are the samples its sidecar lists (None when it has none). A UserError,
+    so one that no stage handles is still a one-line message."""
+
+    def __init__(self, path: Path, reason: str, lost_keys: list[str] | None = None):
+        super().__init__(f"{Path(path).name}: {reason}")
+        self.path, self.reason, self.lost_keys = Path(path), reason, lost_keys
+
+    def lost(self, keep=None, show: int = 5) -> str:
+        """``N keys lost (k1, k2, ...)`` for a one-line message."""
+        if self.lost_keys is None:
+            return "its keys are unknown (no sidecar)"
+        keys = [k for k in self.lost_keys if keep is None or keep(k)]
+        more = ", ..." if len(keys) > show else ""
+        return f"{len(keys)} keys lost" + (f" ({', '.join(keys[:show])}{more})" if keys else "")
+
+    def failures(self, keep=None) -> list[Failure]:
+        """One shard-level Failure, then one per lost key (those ``keep`` accepts); all
+        marked ``retry`` so the stage writes the output shard again on its next run."""
+        keys = [k for k in (self.lost_keys or []) if keep is None or keep(k)]
+        n = f"{len(keys)} keys lost" if self.lost_keys is not None else "keys unknown (no sidecar)"
+        out = [Failure(self.path.name, f"corrupt input shard: {self.reason}; {n}", {"retry": True})]
+        out += [Failure(k, f"lost with corrupt input shard {self.path.name}", {"retry": True}) for k in keys]
+        return out
+
+
+def _magic_check(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(6)
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise ShardDamaged(path, f"{kind}-compressed; shards must be plain tar files")
+
+
+def iter_tar_samples(path: str | os.PathLike, max_member: int | None = None) -> Iterator[dict[str, bytes]]:
+    """Yield samples (``{"__key__", "<field>": bytes}``) from one shard, in order, without
+    checking it against index.json (``verified_samples`` does that).
 
     Members are grouped by key as WebDataset does: the key is the member name up to its
-    first dot. Raises ``tarfile.TarError`` or ``OSError`` on a corrupt or truncated shard.
+    first dot. Only plain tars are read; a member larger than ``max_member`` (default
+    ``safeio.cap("member")``) is refused before it is read. Raises ``ShardDamaged`` for a
+    compressed shard, ``tarfile.TarError`` or ``OSError`` on a corrupt or truncated one.
     """
+    path = Path(path)
+    limit = cap("member") if max_member is None else max_member
+    _magic_check(path)
     current: dict[str, bytes] | None = None
-    with tarfile.open(path, mode="r|*") as tar:
+    with tarfile.open(path, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
+            if member.size > limit:
+                raise ShardDamaged(path, f"member {member.name!r} is {human(member.size)}, "
+                                         f"larger than the member cap of {human(limit)}")
             base = member.name.rsplit("/", 1)[-1]
             if "." not in base:
                 continue
@@ -216,15 +308,80 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict[str, bytes]]:
     # tarfile stops quietly at a cut-off header; a complete shard ends in zero blocks.
     with open(path, "rb") as f:
         f.seek(end)
-        tail = f.read()
+        tail = f.read(1 << 16)
     if len(tail) < 1024 or tail.count(0) != len(tail):
-        raise tarfile.ReadError(f"{Path(path).name}: truncated or damaged after byte {end}")
+        raise tarfile.ReadError(f"{path.name}: truncated or damaged after byte {end}")
     if current is not None:
         yield current
 
 
+def sidecar_keys(path: Path) -> list[str] | None:
+    """The keys a shard's sidecar lists, or None without a readable sidecar."""
+    try:
+        keys = json.loads(path.with_name(path.name + ".json").read_text())["keys"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [str(k) for k in keys] if isinstance(keys, list) else None
+
+
+_VERIFIED: dict[str, tuple] = {}  # path -> (size, inode, mtime_ns, sha256) of shards hashed here
+
+
+def check_shard(path: str | os.PathLike, entry: dict[str, Any], check_hash: bool = True) -> None:
+    """Raise ``ShardDamaged`` unless ``path`` is the shard ``entry`` (from index.json)
+    describes: present, a plain tar, of its byte count and sha256."""
+    path = Path(path)
+    lost = None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ShardDamaged(path, "missing", sidecar_keys(path)) from None
+    if not path.is_file():
+        raise ShardDamaged(path, "not a regular file", sidecar_keys(path))
+    _magic_check(path)
+    if st.st_size != entry.get("bytes"):
+        lost = sidecar_keys(path)
+        raise ShardDamaged(path, f"{st.st_size} bytes, index.json says {entry.get('bytes')}", lost)
+    if not check_hash:
+        return
+    stamp = (st.st_size, st.st_ino, st.st_mtime_ns, entry.get("sha256"))
+    if _VERIFIED.get(str(path)) == stamp:
+        return
+    if sha256_file(path) != entry.get("sha256"):
+        raise ShardDamaged(path, "sha256 differs from index.json", sidecar_keys(path))
+    _VERIFIED[str(path)] = stamp
+
+
+def _entry_for(path: Path) -> dict[str, Any]:
+    """The index.json entry of a shard at ``<root>/shards/<name>``."""
+    root = path.parent.parent
+    for e in read_index(root)["shards"]:
+        if e["name"] == path.name:
+            return e
+    raise ShardDamaged(path, f"not listed in {root / INDEX}", sidecar_keys(path))
+
+
+def verified_samples(path: str | os.PathLike, entry: dict[str, Any] | None = None) -> Iterator[dict[str, bytes]]:
+    """The samples of one shard of a finished stage, after checking it against ``entry``
+    (default: its own entry in ``<root>/index.json``). Every fault of the shard, found
+    before or while reading, is a ``ShardDamaged`` listing the lost keys; a stage-level
+    OSError (full disk, I/O error, permissions) passes through unchanged."""
+    path = Path(path)
+    check_shard(path, entry if entry is not None else _entry_for(path))
+    try:
+        yield from iter_tar_samples(path)
+    except ShardDamaged:
+        raise
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if is_stage_error(e):
+            raise
+        raise ShardDamaged(path, f"unreadable ({e})", sidecar_keys(path)) from e
+
+
 def read_index(root: str | os.PathLike) -> dict[str, Any]:
-    """index.json of a stage directory, with a one-line error when it is missing."""
+    """index.json of a stage directory, checked: a one-line UserError when it is missing,
+    not JSON, not a mapping, or lists a shard under a name that is not ``<prefix>-NNNNNN.tar``
+    (a name such as ``../../etc/hostname`` would read outside the directory)."""
     root = Path(root)
     if not root.exists():
         raise UserError(f"{root}: no such directory")
@@ -232,9 +389,18 @@ def read_index(root: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise UserError(f"{path}: missing (is {root} the output of a finished cdc-aug stage?)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(index, dict) or not isinstance(index.get("shards", []), list):
+        raise UserError(f"{path}: not a cdc-aug index (expected an object with a 'shards' list)")
+    for i, e in enumerate(index.get("shards", [])):
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not SHARD_NAME.match(e["name"]):
+            name = e.get("name") if isinstance(e, dict) else e
+            raise UserError(f"{path}: shard {i} has an invalid name {name!r} (expected <prefix>-NNNNNN.tar)")
+        if not isinstance(e.get("bytes"), int) or not isinstance(e.get("count"), int):
+            raise UserError(f"{path}: shard {e['name']} lacks its byte count or sample count")
+    return index
 
 
 def shard_paths(root: str | os.PathLike) -> list[Path]:

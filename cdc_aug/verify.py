@@ -2,7 +2,9 @@
 
 Checks every shard listed in index.json: present, byte count and sha256 as recorded,
 readable to the end, sample count as recorded, no key twice (within or across shards),
-and every field the stage promises present in every sample.
+and every field the stage promises present in every sample. When the render directory
+recorded ground-truth provenance (index.json ``shape_provenance``), every shape file must
+be there, readable and of that provenance (render/groundtruth.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .samples import REQUIRED_FIELDS
-from .shards import iter_tar_samples, read_index, sha256_file
+from .shards import ShardDamaged, check_shard, iter_tar_samples, read_index
 
 
 @dataclass
@@ -28,7 +30,28 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(root: str | Path, stage: str | None = None, check_hash: bool = True) -> VerifyReport:
+def _check_shapes(root: Path, report: VerifyReport) -> None:
+    from render.groundtruth import GroundTruthError, check_file
+
+    from .errors import UserError
+    from .layout import shape_file, shape_provenance, shapes_dir
+
+    try:
+        digests = shape_provenance(root)
+        shapes = shapes_dir(root) if digests else None
+    except UserError as e:
+        report.problems.append(f"ground truth: {e}")
+        return
+    for key, digest in sorted(digests.items()):
+        synset, model_id = key.split("_", 1)
+        try:
+            check_file(shape_file(shapes, synset, model_id), synset, model_id, digest)
+        except GroundTruthError as e:
+            report.problems.append(f"ground truth: {e}")
+
+
+def verify(root: str | Path, stage: str | None = None, check_hash: bool = True,
+           check_shapes: bool = True) -> VerifyReport:
     root = Path(root)
     index = read_index(root)
     stage = stage or index.get("stage", "render")
@@ -41,15 +64,10 @@ def verify(root: str | Path, stage: str | None = None, check_hash: bool = True) 
         listed.add(name)
         path = root / "shards" / name
         report.shards += 1
-        if not path.exists():
-            report.problems.append(f"{name}: missing")
-            continue
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            report.problems.append(f"{name}: {size} bytes, index says {entry['bytes']}")
-            continue
-        if check_hash and sha256_file(path) != entry["sha256"]:
-            report.problems.append(f"{name}: sha256 differs from index.json")
+        try:
+            check_shard(path, entry, check_hash=check_hash)
+        except ShardDamaged as e:
+            report.problems.append(f"{name}: {e.reason}")
             continue
         count = 0
         try:
@@ -62,6 +80,9 @@ def verify(root: str | Path, stage: str | None = None, check_hash: bool = True) 
                 missing = [f for f in required if f not in sample]
                 if missing:
                     report.problems.append(f"{name}: {key} lacks {', '.join(missing)}")
+        except ShardDamaged as e:
+            report.problems.append(f"{name}: {e.reason}")
+            continue
         except (tarfile.TarError, OSError, EOFError) as e:
             report.problems.append(f"{name}: unreadable after {count} samples ({e})")
             continue
@@ -70,6 +91,8 @@ def verify(root: str | Path, stage: str | None = None, check_hash: bool = True) 
         report.samples += count
     if index.get("num_samples") is not None and report.samples != index["num_samples"] and report.ok:
         report.problems.append(f"index.json: num_samples {index['num_samples']} but shards hold {report.samples}")
+    if check_shapes:
+        _check_shapes(root, report)
     stray = sorted(p.name for p in (root / "shards").glob("*.tar") if p.name not in listed)
     if stray:
         report.problems.append(f"shards not in index.json: {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}")

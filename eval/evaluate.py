@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,9 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from cdc_aug.errors import UserError
-from cdc_aug.layout import read_splits, shape_file, shapes_dir, split_of_key
-from cdc_aug.runinfo import derive_seed, write_config
-from cdc_aug.shards import read_index, shard_paths
+from cdc_aug.layout import read_splits, shape_file, shape_provenance, shapes_dir, split_of_key
+from cdc_aug.runinfo import derive_seed, output_lock, write_config
+from cdc_aug.safeio import atomic_write_text, commit, is_stage_error
+from cdc_aug.shards import ShardDamaged, check_shard, read_index, sidecar_keys, verified_samples
 
 from .metrics import is_empty, mesh_metrics
 from .silhouette import Silhouettes, silhouette_iou
@@ -76,6 +76,9 @@ def domain_of(index: dict) -> dict:
         return {"stage": "render", "domain": "clean", "mode": None, "t_in": None}
     mode = index.get("mode")
     t_in = index.get("t_in")
+    if index.get("label"):  # `cdc-aug generate --label`: the name the experiment gave this domain
+        return {"stage": stage, "domain": str(index["label"]), "mode": mode,
+                "t_in": None if t_in is None or mode != "ilvr" else float(t_in)}
     if mode == "copy-paste":
         return {"stage": stage, "domain": "copy-paste", "mode": mode, "t_in": None}
     if mode == "ilvr":
@@ -84,20 +87,15 @@ def domain_of(index: dict) -> dict:
     return {"stage": stage, "domain": str(mode or stage or "unknown"), "mode": mode, "t_in": t_in}
 
 
-def _tar_keys(path: Path) -> list[str]:
-    # Sidecars list the keys; read them, and fall back on the tar's member names.
-    side = path.with_name(path.name + ".json")
+def _tar_keys(path: Path, entry: dict) -> list[str]:
+    """The keys of a shard checked against its index entry; a damaged shard is a
+    one-line UserError (scoring the views that survive would bias the means)."""
     try:
-        return list(json.loads(side.read_text())["keys"])
-    except (OSError, ValueError, KeyError):
-        pass
-    keys: list[str] = []
-    with tarfile.open(path, "r") as tar:
-        for name in tar.getnames():
-            key = name.split(".", 1)[0]
-            if not keys or keys[-1] != key:
-                keys.append(key)
-    return keys
+        check_shard(path, entry)
+        keys = sidecar_keys(path)
+        return keys if keys is not None else [s["__key__"] for s in verified_samples(path, entry)]
+    except ShardDamaged as e:
+        raise UserError(f"{path}: {e.reason}; {e.lost()}; repair or regenerate it") from e
 
 
 def view_of(key: str) -> int:
@@ -121,10 +119,9 @@ def select(data_dir: str | os.PathLike, split: str = "test", views: list[int] | 
         raise UserError(f"--split: split {split!r} of {root} is empty")
     sel = Selection(root, index, split, sorted(set(views)) if views is not None else None)
     available: set[int] = set()
-    for path in shard_paths(root):
-        if not path.exists():
-            raise UserError(f"{path}: listed in index.json but missing")
-        keys = [k for k in _tar_keys(path) if split_of_key(k) in shapes]
+    for entry in index["shards"]:
+        path = root / "shards" / entry["name"]
+        keys = [k for k in _tar_keys(path, entry) if split_of_key(k) in shapes]
         available.update(view_of(k) for k in keys)
         if sel.views is not None:
             keys = [k for k in keys if view_of(k) in sel.views]
@@ -202,15 +199,20 @@ def summarize(rows: list[dict]) -> dict:
 class _GroundTruth:
     """The shape file of the shape being evaluated (views of a shape are adjacent)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, digests: dict | None = None):
         self.root, self.key, self.data = root, None, None
+        self.digests = digests or {}
 
     def get(self, synset: str, model_id: str) -> dict:
         from render.groundtruth import read
 
         key = (synset, model_id)
         if key != self.key:
-            self.data, self.key = read(shape_file(self.root, synset, model_id)), key
+            self.data, self.key = None, key
+            self.data = read(shape_file(self.root, synset, model_id), synset, model_id,
+                             self.digests.get(f"{synset}_{model_id}"), check=True)
+        if self.data is None:
+            raise ValueError(f"{shape_file(self.root, synset, model_id)}: unusable (see the first failure)")
         return self.data
 
 
@@ -246,12 +248,6 @@ def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir
     and draw the silhouette with instead of the stored one (a camera estimator's).
     A data directory without ground-truth shapes (index.json ``ground_truth: false``)
     gets NaN 3D metrics: only its 2D IoU is scored."""
-    from tqdm import tqdm
-
-    from cdc_aug.samples import decode_sample
-    from cdc_aug.shards import iter_tar_samples
-    from train_svr.data import input_image
-
     if n_points < 1:
         raise UserError(f"--points: must be >= 1, got {n_points}")
     sel = select(data_dir, split, views)
@@ -259,6 +255,18 @@ def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir
     if out.exists() and not out.is_dir():
         raise UserError(f"--out: {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, "cdc-aug eval"):
+        return _evaluate(sel, reconstruct_fn, out, split, n_points, save_meshes, progress, identity, seed, config,
+                         camera_fn)
+
+
+def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: int, save_meshes: int,
+              progress: bool, identity: dict | None, seed: int, config: dict | None, camera_fn=None) -> dict:
+    from tqdm import tqdm
+
+    from cdc_aug.samples import decode_sample
+    from train_svr.data import camera_tensors, input_image
+
     dom = domain_of(sel.index)
     run_config = {"data_dir": str(sel.root.resolve()), "split": split, "views": sel.views, "n_points": n_points,
                   "save_meshes": save_meshes, "seed": seed, **(config or {})}
@@ -267,8 +275,9 @@ def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir
 
     keys = sel.keys
     to_save = _samples_to_save(keys, save_meshes)
-    gt = _GroundTruth(sel.shapes_root)
+    gt = _GroundTruth(sel.shapes_root, shape_provenance(sel.root))
     rows: list[dict] = []
+    failures: list[dict] = []  # views that could not be scored (bad camera, bad shape file)
     partial = out / (PER_VIEW + ".partial")
     t_start = time.perf_counter()
     bar = tqdm(total=len(keys), desc=f"eval {sel.root.name}", unit="view", disable=not progress)
@@ -277,23 +286,32 @@ def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir
         writer.writeheader()
         for path, wanted in sel.items.items():
             want = set(wanted)
-            for raw in iter_tar_samples(path):
+            for raw in verified_samples(path):
                 key = raw["__key__"]
                 if key not in want:
                     continue
-                s = decode_sample(raw, ["image.png", "rgba.png", "mask.png", "camera.json", "meta.json"])
-                meta, camera = s["meta.json"], s.get("camera.json")
                 synset, model_id = key.rsplit("_", 1)[0].split("_", 1)
-                image = input_image(s)
+                try:  # the input's own faults: recorded in failures.jsonl, the view skipped
+                    s = decode_sample(raw, ["image.png", "rgba.png", "mask.png", "camera.json", "meta.json"])
+                    meta, camera = s["meta.json"], s.get("camera.json")
+                    image = input_image(s)
+                    if camera_fn is not None:
+                        camera = camera_fn(key, image, camera)
+                    camera_tensors(camera, image.shape[:2], image.shape[0])  # NaN/inf or malformed K, RT
+                    g = gt.get(synset, model_id) if sel.shapes_root is not None else None
+                except (ValueError, KeyError, TypeError, OSError) as e:
+                    if is_stage_error(e):
+                        raise
+                    failures.append({"item": key, "reason": str(e).splitlines()[0] if str(e) else type(e).__name__})
+                    log.warning("skipped %s: %s", key, failures[-1]["reason"])
+                    bar.update(1)
+                    continue
                 t0 = time.perf_counter()
-                if camera_fn is not None:
-                    camera = camera_fn(key, image, camera)
                 mesh = reconstruct_fn(image, camera)
-                if sel.shapes_root is None:
+                if g is None:  # no ground truth: 2D IoU only
                     m = {c: float("nan") for c in [*METRICS, "chamfer_l2"]}
                     m["empty"] = is_empty(mesh)
                 else:
-                    g = gt.get(synset, model_id)
                     m = mesh_metrics(mesh, g["surface_points"], g["surface_normals"], g["occ_points"],
                                      g["occ_labels"], n_points=n_points, seed=derive_seed(seed, key) % (2**31))
                 m["iou_2d"] = silhouette_iou(mesh, camera, s["mask.png"], sil)
@@ -309,9 +327,12 @@ def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir
                 bar.update(1)
                 bar.set_postfix(cd=f"{np.mean([r['chamfer_l1'] for r in rows]):.4f}")
     bar.close()
-    if len(rows) != len(keys):
-        raise UserError(f"{sel.root}: {len(keys) - len(rows)} selected samples missing from their shards")
-    os.replace(partial, out / PER_VIEW)
+    atomic_write_text(out / "failures.jsonl", "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
+    if len(rows) + len(failures) != len(keys):
+        raise UserError(f"{sel.root}: {len(keys) - len(rows) - len(failures)} selected samples missing from their shards")
+    if not rows:
+        raise UserError(f"{sel.root}: no view could be scored ({len(failures)} failures in {out / 'failures.jsonl'})")
+    commit(partial, out / PER_VIEW)
     summary = {
         "data_dir": str(sel.root.resolve()),
         **dom,
@@ -319,14 +340,13 @@ def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir
         "views": sel.views,
         "n_points": n_points,
         **summarize(rows),
+        "n_failed": len(failures),
         "samples": sorted(f"{k}" for k in to_save),
         "seconds": round(time.perf_counter() - t_start, 2),
         **(identity or {}),
     }
     summary = _json_safe(summary)
-    tmp = out / f".{SUMMARY}.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out / SUMMARY)
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=1, sort_keys=True) + "\n")
     o = summary["overall"]
     scores = [f"{k} {o[k]:{'.4f' if k == 'chamfer_l1' else '.3f'}}" for k in ("chamfer_l1", "fscore@0.01", "iou_3d",
                                                                           "iou_2d") if o[k] is not None]

@@ -16,7 +16,7 @@ from cdc_aug.shards import read_index
 
 from .evaluate import domain_of
 
-NAME_T_IN = re.compile(r"t(?:_in)?[=_-]?(\d)(\d+)$")
+NAME_T_IN = re.compile(r"t(?:_in)?[=_-]?(\d)(\d+)(?:-s\d+)?$")  # svr-t050, svr-t050-s2
 
 
 def _shard_dirs(shards) -> list[str]:
@@ -60,6 +60,8 @@ def model_identity(ckpt: str | Path) -> dict:
             cfg = yaml.safe_load(cfg_path.read_text()) or {}
         except yaml.YAMLError:
             cfg = {}
+        if isinstance(cfg.get("seed_everything"), int) and not isinstance(cfg.get("seed_everything"), bool):
+            ident["train_seed"] = cfg["seed_everything"]  # eval.stats groups seeds of one training set
         for d in _shard_dirs((cfg.get("data") or {}).get("shards")):
             entry: dict = {"dir": d}
             try:

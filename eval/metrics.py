@@ -1,23 +1,41 @@
-"""Occupancy Networks' (im2mesh) reconstruction metrics, vectorised.
+"""Occupancy Networks' (im2mesh ``MeshEvaluator``) reconstruction metrics, vectorised; the
+validation Chamfer of ``train_svr`` is ``chamfer_l1`` below, so training curves and eval agree.
 
-Shapes live in the unit cube [-0.5, 0.5]^3 (cdc_aug.layout), so the numbers are comparable
-with that literature. Definitions (pred = points sampled on the prediction, gt = the shape
-file's surface points):
+Frame and units: shapes live in the unit cube [-0.5, 0.5]^3 (longest bounding-box edge 1,
+cdc_aug.layout), as in ONet. Definitions (pred = ``n_points`` sampled area-uniformly on the
+prediction, default 100k as ONet; gt = the shape file's 100k surface points):
 
 - accuracy: mean distance from each pred point to its nearest gt point;
 - completeness: mean distance from each gt point to its nearest pred point;
-- chamfer_l1 = (accuracy + completeness) / 2; chamfer_l2 = mean of the squared ones, halved;
+- chamfer_l1 = (accuracy + completeness) / 2 (plain distances, not x10);
+  chamfer_l2 = (mean squared accuracy + mean squared completeness) / 2;
 - precision@t / recall@t: fraction of pred (gt) points within t of the other set;
   fscore@t = 2PR / (P + R) (0 when both are 0);
 - normal_consistency: mean |n_pred . n_gt(nearest)| over pred and over gt, averaged; the
   absolute value because reconstruction methods do not orient their faces consistently;
-- iou_3d: intersection over union of inside/outside at the shape file's occupancy points.
+- iou_3d: intersection over union of inside/outside at the shape file's occupancy points
+  (100k uniform in [-0.55, 0.55]^3), inside by ``cdc_aug.occupancy`` - the same test that
+  labelled the ground truth, independent of face orientation.
 
-An empty prediction (no faces or zero area) is scored as im2mesh scores it: accuracy and
-completeness sqrt(3) (the diagonal of the unit cube, the worst possible distance), so
-chamfer_l1 = sqrt(3) and chamfer_l2 = 3; normal consistency -1 (im2mesh's
-EMPTY_PCL_DICT_NORMALS, below any real value, which lies in [0, 1]); precision, recall,
-F-score and IoU 0.
+Comparable with: ONet-protocol tables in the unit cube (ONet, IF-Net, ConvONet...) after
+rescaling - ONet prints Chamfer-L1 x10 (its 0.215 is 0.0215 here) and labels IoU points by
+ray parity on watertight-fused meshes, which our winding-number test matches on closed
+meshes. Not comparable with DISN / D2IM-Net tables: their CD is x1000 the sum (not the
+half-sum) of the two directions' mean squared distances, on 2,048 randomly chosen mesh
+vertices (not area samples), with each shape scaled into a unit sphere (1.15 to 2 times our
+scale, depending on the shape's proportions), so no fixed factor converts our chamfer_l2.
+
+Empty predictions (no faces, zero area or non-finite vertices) get ``EMPTY_SCORES``, one
+dict used by eval and by the validation metric: accuracy and completeness sqrt(3) (the
+unit cube's diagonal, the worst distance possible), hence chamfer_l1 = sqrt(3) and
+chamfer_l2 = 3; normal consistency -1; precision, recall, F-score and IoU 0. im2mesh's
+``EMPTY_PCL_DICT`` has the same accuracy/completeness and IoU 0, but no Chamfer-L1/L2 entry:
+its tables average Chamfer over non-empty meshes only (NaN, skipped by the mean), so ours
+are higher (worse) whenever a model returns empty meshes; ``summary.json`` counts them
+(``n_empty``). im2mesh treats a zero-area mesh with faces as non-empty; we do not (it has
+no surface to sample). IoU with both occupancy sets empty (a ground truth without volume
+and a prediction with none at its points) is NaN, as in im2mesh, and left out of means:
+the shape cannot rank models.
 """
 
 from __future__ import annotations
@@ -26,9 +44,14 @@ import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 
+from cdc_aug.occupancy import inside
+
 THRESHOLDS = (0.01, 0.02)
-EMPTY_DISTANCE = float(np.sqrt(3.0))
-EMPTY_NORMAL_CONSISTENCY = -1.0
+EMPTY_DISTANCE = float(np.sqrt(3.0))  # the unit cube's diagonal
+# The scores of an empty prediction (module docstring); im2mesh's EMPTY_PCL_DICT plus Chamfer.
+# precision@t, recall@t and fscore@t are 0 at every threshold (empty_scores adds them).
+EMPTY_SCORES = {"accuracy": EMPTY_DISTANCE, "completeness": EMPTY_DISTANCE, "chamfer_l1": EMPTY_DISTANCE,
+                "chamfer_l2": 3.0, "normal_consistency": -1.0, "iou_3d": 0.0}
 
 
 def _as_points(a, name: str) -> np.ndarray:
@@ -49,13 +72,14 @@ def _key(t: float) -> str:
 
 def empty_scores(thresholds=THRESHOLDS, with_normals: bool = True) -> dict:
     """The scores of an empty prediction (see the module docstring)."""
-    out = {"accuracy": EMPTY_DISTANCE, "completeness": EMPTY_DISTANCE, "chamfer_l1": EMPTY_DISTANCE,
-           "chamfer_l2": 3.0, "empty": True}
+    out = {k: v for k, v in EMPTY_SCORES.items() if k != "iou_3d"}
     for t in thresholds:
         out[f"precision@{_key(t)}"] = 0.0
         out[f"recall@{_key(t)}"] = 0.0
         out[f"fscore@{_key(t)}"] = 0.0
-    out["normal_consistency"] = EMPTY_NORMAL_CONSISTENCY if with_normals else float("nan")
+    if not with_normals:
+        out["normal_consistency"] = float("nan")
+    out["empty"] = True
     return out
 
 
@@ -99,25 +123,15 @@ def point_metrics(pred_points, pred_normals, gt_points, gt_normals, thresholds=T
 
 
 def is_empty(mesh: trimesh.Trimesh | None) -> bool:
+    """No faces, zero area or non-finite: nothing to sample (scored with EMPTY_SCORES)."""
     return mesh is None or len(mesh.faces) == 0 or not np.isfinite(mesh.area) or mesh.area <= 0
 
 
-def inside(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    """Inside/outside by the generalised winding number (> 0.5), as the ground truth's
-    occupancy labels are made (render.groundtruth): it needs no watertight mesh, unlike
-    trimesh's ray-based ``contains``, and is much faster."""
-    import igl
-
-    V = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
-    F = np.ascontiguousarray(mesh.faces, dtype=np.int64)
-    return igl.fast_winding_number(V, F, np.ascontiguousarray(points, dtype=np.float64)) > 0.5
-
-
 def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean arrays; 0 when both are empty."""
+    """Intersection over union of two boolean arrays; NaN when both are empty (im2mesh)."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+    return float(np.logical_and(a, b).sum() / union) if union else float("nan")
 
 
 def sample_mesh(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +146,7 @@ def mesh_metrics(mesh: trimesh.Trimesh, gt_points, gt_normals, occ_points=None, 
     ``iou_3d`` when ``occ_points``/``occ_labels`` are given (NaN otherwise)."""
     if is_empty(mesh):
         out = empty_scores(thresholds, gt_normals is not None)
-        out["iou_3d"] = 0.0 if occ_points is not None else float("nan")
+        out["iou_3d"] = EMPTY_SCORES["iou_3d"] if occ_points is not None else float("nan")
         return out
     pts, normals = sample_mesh(mesh, n_points, seed)
     out = point_metrics(pts, normals, gt_points, gt_normals, thresholds)
@@ -141,3 +155,11 @@ def mesh_metrics(mesh: trimesh.Trimesh, gt_points, gt_normals, occ_points=None, 
     else:
         out["iou_3d"] = float("nan")
     return out
+
+
+def chamfer_l1(mesh: trimesh.Trimesh | None, surface, n: int | None = None, seed: int = 0) -> float:
+    """Chamfer-L1 of ``n`` points (default: as many as ``surface``) sampled on ``mesh``
+    against the ground-truth ``surface`` points: ``mesh_metrics``' value, the same
+    EMPTY_SCORES for an empty mesh. The validation metric of train_svr."""
+    surface = _as_points(surface, "surface")
+    return mesh_metrics(mesh, surface, None, n_points=n or len(surface), seed=seed)["chamfer_l1"]

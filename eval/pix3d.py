@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from cdc_aug.errors import UserError
-from cdc_aug.layout import shape_file
+from cdc_aug.layout import shape_file, shape_key
 from cdc_aug.runinfo import derive_seed
 from cdc_aug.samples import make_key, sanitize_id
 from cdc_aug.shards import Failure
@@ -131,27 +131,33 @@ class _Models:
     def __init__(self, root: Path, shapes: Path, seed: int):
         self.root, self.shapes, self.seed = root, shapes, seed
         self.norm: dict[str, tuple[np.ndarray, float]] = {}
+        self.digests: dict[str, str] = {}  # shape key -> provenance digest, for index.json
 
     def get(self, rel: str, syn: str, category: str, model_id: str) -> tuple[np.ndarray, float]:
         import h5py
 
         from render import groundtruth
+        from render.api import GT_VERSION
         from render.meshes import normalize, read_obj
 
         if rel in self.norm:
             return self.norm[rel]
         path = shape_file(self.shapes, syn, model_id)
-        params = json.dumps({"seed": self.seed, "shape": ["pix3d", rel], **GT_POINTS}, sort_keys=True)
-        if not groundtruth.is_complete(path, params):
+        # the render stage's provenance record (render/api.py shape_provenance), Pix3D's origin
+        provenance = json.dumps({"source": "pix3d", "synset": syn, "model_id": model_id, "origin": rel,
+                                 "groundtruth": {"version": GT_VERSION, "seed": self.seed, **GT_POINTS}},
+                                sort_keys=True)
+        if not groundtruth.is_complete(path, provenance):
             parts, notes = read_obj(self.root / rel)
             shape = normalize(parts, rotation=MODEL_ROTATION, notes=notes)
             arrays = groundtruth.compute(shape.merged(), derive_seed(self.seed, "groundtruth", syn, model_id),
                                          **GT_POINTS)
-            groundtruth.write(path, arrays, {"center": shape.center, "scale": shape.scale, "params": params,
+            groundtruth.write(path, arrays, {"center": shape.center, "scale": shape.scale, "provenance": provenance,
                                              "rotation": MODEL_ROTATION, "synset": syn, "category": category,
                                              "model_id": model_id, "source": "pix3d", "path": rel})
         with h5py.File(path, "r") as f:
             self.norm[rel] = (np.asarray(f.attrs["center"], dtype=np.float64), float(f.attrs["scale"]))
+        self.digests[shape_key(syn, model_id)] = groundtruth.provenance_digest(provenance)
         return self.norm[rel]
 
 
@@ -280,6 +286,6 @@ def prepare(root: str | Path, cache_dir: str | Path | None = None, categories=No
 
     real.write_stage(out, "pix3d", samples(), failures, config, {
         "source": config["source"], "shapes_dir": "../shapes", "ground_truth": True, "cameras": True,
-        "image_size": [size, size], "excluded": excluded})
+        "image_size": [size, size], "excluded": excluded, "shape_provenance": models.digests})
     log.info("pix3d: %s (%d skipped, excluded %s)", out, len(failures), excluded)
     return out

@@ -141,9 +141,16 @@ def write_stage(out: Path, stage: str, samples: Iterable[dict], failures: list[F
                 extra: dict) -> dict:
     """Write converted samples as a stage directory (see the module docstring); a
     conversion that yields nothing is a UserError naming the commonest reason."""
+    from cdc_aug.runinfo import output_lock
+
+    with output_lock(out, f"{stage} conversion"):  # two evaluations converting the same data: one waits out
+        return _write_stage(out, stage, samples, failures, config, extra)
+
+
+def _write_stage(out: Path, stage: str, samples: Iterable[dict], failures: list[Failure], config: dict,
+                 extra: dict) -> dict:
     from cdc_aug.layout import split_of_key
 
-    out.mkdir(parents=True, exist_ok=True)
     write_config(out, config)
     store = ShardStore(out, stage, stage=stage)
     store.clean_temporaries()

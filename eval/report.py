@@ -50,6 +50,7 @@ REPORT_METRICS = [  # (key, label, higher is better)
     ("iou_2d", "2D IoU", True),
 ]
 MAX_GRID_SHAPES = 4
+SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass
@@ -99,7 +100,9 @@ def load_run(eval_dir: str | os.PathLike) -> Run:
     else:
         g = train_domain_from_name(model)
         train_domain, t_in = g["domain"], g["t_in"]
-    return Run(d, s, model, domain, train_domain, None if t_in is None else float(t_in), list(s.get("samples", [])))
+    # Sample keys name files under the evaluation's samples/: only plain keys, never a path.
+    samples = [k for k in s.get("samples", []) if isinstance(k, str) and SAFE_KEY.fullmatch(k)]
+    return Run(d, s, model, domain, train_domain, None if t_in is None else float(t_in), samples)
 
 
 def _fmt(v: float, metric: str) -> str:
@@ -128,7 +131,27 @@ def _table(runs: list[Run], models: list[str], domains: list[str], metric: str, 
     return header, rows, best
 
 
+def _md_cell(text) -> str:
+    """A table cell that cannot break the table or inject markup: pipes, newlines, HTML and
+    link syntax are escaped (names come from files and run names)."""
+    text = html.escape(str(text), quote=False).replace("\n", " ").replace("\r", " ")
+    return text.replace("|", "\\|").replace("`", "\\`").replace("](", "]\\(")
+
+
+def _csv_cell(value):
+    """Spreadsheet-safe: a text cell starting with = + - @ is not taken as a formula."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return "'" + value
+    return value
+
+
 def _md_table(header, rows, best) -> str:
+    header = [_md_cell(h) for h in header]
+    rows = [[_md_cell(c) for c in row] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for i, row in enumerate(rows):
         cells = [row[0]] + [f"**{c}**" if (i, j) in best else c for j, c in enumerate(row[1:])]
@@ -298,7 +321,7 @@ class _Doc:
         self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
 
     def para(self, text: str) -> None:
-        self.md += [text, ""]
+        self.md += [html.escape(text, quote=False), ""]
         self.html.append(f"<p>{html.escape(text)}</p>")
 
     def table(self, header, rows, best) -> None:
@@ -314,10 +337,14 @@ class _Doc:
 def build_report(eval_dirs: list, out_dir: str | os.PathLike) -> Path:
     """Write report.md, report.html, results.csv, figures/ and config.yaml into ``out_dir``;
     returns the path of report.html."""
+    import matplotlib
+
     from cdc_aug.runinfo import write_config
 
     if not eval_dirs:
         raise UserError("give at least one evaluation directory")
+    # Model and domain names are data, not math: a "$" in a name must not start mathtext.
+    matplotlib.rcParams["text.parse_math"] = False
     runs = [load_run(d) for d in eval_dirs]
     seen: dict[tuple[str, str], Path] = {}
     for r in runs:
@@ -355,7 +382,11 @@ def build_report(eval_dirs: list, out_dir: str | os.PathLike) -> Path:
     doc.heading("Evaluations")
     doc.table(["model", "test domain", "views", "shapes", "empty", "split", "data"], views, set())
 
-    doc.heading("Overall")
+    from .report_ci import ci_section
+
+    ci_section(doc, runs, fig_dir, out, model_key)
+
+    doc.heading("Per evaluation (one model, one seed)")
     for metric, label, higher in REPORT_METRICS:
         doc.heading(f"{label} ({'higher' if higher else 'lower'} is better)", 3)
         doc.table(*_table(runs, models, domains, metric, higher))
@@ -400,8 +431,9 @@ def build_report(eval_dirs: list, out_dir: str | os.PathLike) -> Path:
                 if not block:
                     continue
                 for metric, _, _ in REPORT_METRICS:
-                    w.writerow([r.model, r.train_domain, "" if r.train_t_in is None else r.train_t_in, r.domain,
-                                cat or "all", metric, r.value(metric, cat), block.get("n_views")])
+                    w.writerow([_csv_cell(x) for x in (r.model, r.train_domain,
+                                "" if r.train_t_in is None else r.train_t_in, r.domain, cat or "all", metric,
+                                r.value(metric, cat), block.get("n_views"))])
     (out / "report.md").write_text("\n".join(doc.md) + "\n")
     page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>cdc-aug evaluation report</title>"
             f"<style>{CSS}</style></head><body>" + "\n".join(doc.html) + "</body></html>\n")

@@ -23,7 +23,8 @@ import numpy as np
 
 from cdc_aug.errors import UserError
 from cdc_aug.layout import SPLITS, shape_file
-from cdc_aug.runinfo import check_resume, derive_seed, write_config
+from cdc_aug.runinfo import check_resume, derive_seed, output_lock, write_config
+from cdc_aug.safeio import atomic_write_text, is_stage_error
 from cdc_aug.samples import encode_sample, make_key
 from cdc_aug.shards import FAILURES, INDEX, Failure, ShardStore
 
@@ -96,11 +97,19 @@ def render_dataset(out_dir: str | os.PathLike = "data/renders", source: str | No
                        size=int(size), seed=int(seed), root=str(root) if root is not None else None,
                        shapes_dir=shapes_rel, workers=int(workers), **options)
     cfg.check()
-    refs = list_shapes(cfg.source, cfg.categories, cfg.max_shapes, cfg.seed, cfg.root)
-    return _run(out, cfg, refs, overwrite=overwrite, progress=progress)
+    problems: list[Failure] = []
+    refs = list_shapes(cfg.source, cfg.categories, cfg.max_shapes, cfg.seed, cfg.root, problems)
+    return _run(out, cfg, refs, overwrite=overwrite, progress=progress, problems=problems)
 
 
-def _run(out: Path, cfg: RenderConfig, refs: list[ShapeRef], overwrite: bool, progress: bool) -> dict:
+def _run(out: Path, cfg: RenderConfig, refs: list[ShapeRef], overwrite: bool, progress: bool,
+         problems: list[Failure] | None = None) -> dict:
+    with output_lock(out, "cdc-aug render"):
+        return _run_locked(out, cfg, refs, overwrite, progress, problems or [])
+
+
+def _run_locked(out: Path, cfg: RenderConfig, refs: list[ShapeRef], overwrite: bool, progress: bool,
+                problems: list[Failure]) -> dict:
     from tqdm import tqdm
 
     config = asdict(cfg)
@@ -112,7 +121,9 @@ def _run(out: Path, cfg: RenderConfig, refs: list[ShapeRef], overwrite: bool, pr
     store.clean_temporaries()
     shapes_root = (out / cfg.shapes_dir).resolve()
     groups = [refs[i:i + cfg.shapes_per_shard] for i in range(0, len(refs), cfg.shapes_per_shard)]
-    todo = [i for i in range(len(groups)) if not store.is_complete(i)]
+    # A shard is redone when its shapes changed (a catalog repaired since, shapes added).
+    sources = [_group_source(g) for g in groups]
+    todo = [i for i in range(len(groups)) if not store.is_done(i, sources[i])]
     tasks = [(ref, config, str(shapes_root), str(out / ".cache")) for i in todo for ref in groups[i]]
     done = len(refs) - len(tasks)
     if done:
@@ -122,17 +133,20 @@ def _run(out: Path, cfg: RenderConfig, refs: list[ShapeRef], overwrite: bool, pr
     try:
         for i in todo:
             failures: list[Failure] = []
-            store.write(i, _shard_samples(groups[i], results, failures, bar), failures=failures)
+            store.write(i, _shard_samples(groups[i], results, failures, bar), failures=failures, source=sources[i])
     finally:
         bar.close()
         close = getattr(results, "close", None)
         if close:
             close()  # a generator: its finally shuts the pool down
         close_renderers()
+    failed = {f["item"] for f in _read_failures_of(store, len(groups))}
+    from .groundtruth import provenance_digest
+
+    digests = {r.key: provenance_digest(shape_provenance(r, config)) for r in refs if r.key not in failed}
     index = store.finalize(len(groups), extra={
         "shapes_dir": cfg.shapes_dir, "source": cfg.source, "num_shapes": len(refs), "views": cfg.views,
-        "image_size": [cfg.size, cfg.size]})
-    failed = {f["item"] for f in _read_failures(out)}
+        "image_size": [cfg.size, cfg.size], "shape_provenance": digests}, failures=problems)
     ok = [r for r in refs if r.key not in failed]
     _write_json(out / SPLITS, make_splits(ok, cfg.seed))
     if index["num_samples"] == 0:
@@ -148,16 +162,19 @@ def _clear(out: Path, store: ShardStore) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _read_failures(out: Path) -> list[dict]:
-    from cdc_aug.shards import read_failures
+def _group_source(refs: list[ShapeRef]) -> str:
+    import hashlib
 
-    return read_failures(out)
+    text = json.dumps([[r.key, r.source, Path(r.path).name, r.entry, r.seed] for r in refs])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_failures_of(store: ShardStore, n: int) -> list[dict]:
+    return [f for i in range(n) for f in (store.read_sidecar(i) or {}).get("failures", [])]
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _shard_samples(refs: list[ShapeRef], results: Iterator[dict], failures: list[Failure], bar) -> Iterator[dict]:
@@ -282,7 +299,11 @@ def render_shape(ref: ShapeRef, config: dict, shapes_root: str, cache_dir: str) 
                 "seconds": time.perf_counter() - t0}
     except ShapeError as e:
         failure = {"reason": e.kind, "detail": e.detail}
+    except UserError:
+        raise  # the run's setup is at fault (a shape file of another shape), not this shape
     except Exception as e:  # noqa: BLE001 - one bad shape must not stop the run; it is recorded
+        if is_stage_error(e):
+            raise  # full disk, I/O error, permissions: stop; the shard is redone on the next run
         tb = traceback.extract_tb(e.__traceback__)[-1]
         failure = {"reason": "error", "detail": f"{type(e).__name__}: {e} ({Path(tb.filename).name}:{tb.lineno})"}
     failure.update({"source": ref.source, "path": ref.path, "entry": ref.entry})
@@ -299,14 +320,14 @@ def _render_shape(ref: ShapeRef, config: dict, shapes_root: Path, cache_dir: Pat
     shape = load(ref, cache_dir)
     merged = shape.merged()
     gt_path = shape_file(shapes_root, ref.synset, ref.model_id)
-    params = json.dumps({"seed": config["seed"], "shape": [ref.source, ref.path, ref.entry, ref.seed],
-                         **{k: config[k] for k in ("gt_surface_points", "gt_sdf_points", "gt_occ_points")}},
-                        sort_keys=True)
-    if not groundtruth.is_complete(gt_path, params):
-        arrays = groundtruth.compute(merged, derive_seed(config["seed"], "groundtruth", ref.key),
+    provenance = shape_provenance(ref, config)
+    if not groundtruth.is_complete(gt_path, provenance):
+        # The sampling seed depends on the shape alone, so runs with other --seed values
+        # that share a shape store agree on its ground truth.
+        arrays = groundtruth.compute(merged, derive_seed(0, "groundtruth", ref.key),
                                      surface_points=config["gt_surface_points"], sdf_points=config["gt_sdf_points"],
                                      occ_points=config["gt_occ_points"])
-        attrs = {"center": shape.center, "scale": shape.scale, "params": params,
+        attrs = {"center": shape.center, "scale": shape.scale, "provenance": provenance,
                  **{k: str(v) for k, v in ref.meta().items()}}
         if ref.rotation:
             attrs["rotation"] = np.asarray(ref.rotation, dtype=np.float64).reshape(3, 3)
@@ -345,6 +366,19 @@ def _render_shape(ref: ShapeRef, config: dict, shapes_root: Path, cache_dir: Pat
         }
         samples.append(encode_sample(sample))
     return samples, shape.num_faces
+
+
+def shape_provenance(ref: ShapeRef, config: dict) -> str:
+    """What made a shape's ground truth (render/groundtruth.py): stored in its .h5 and,
+    as a digest, in the render directory's index.json (``shape_provenance``)."""
+    from .sources import origin
+
+    gt = {k: config[k] for k in ("gt_surface_points", "gt_sdf_points", "gt_occ_points")}
+    return json.dumps({"source": ref.source, "synset": ref.synset, "model_id": ref.model_id,
+                       "origin": origin(ref), "groundtruth": {"version": GT_VERSION, **gt}}, sort_keys=True)
+
+
+GT_VERSION = 2  # of render.groundtruth.compute; bump when its output changes (2: orientation-robust inside test)
 
 
 # -- splits ------------------------------------------------------------------------

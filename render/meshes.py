@@ -2,17 +2,26 @@
 
 A shape is a list of ``trimesh.Trimesh`` parts (one per material), so textures and
 colours survive; the ground truth uses their concatenation.
+
+Untrusted files: the OBJ, its MTL files and textures are size-capped (cdc_aug.safeio:
+256 MiB, 16 MiB, 64 MiB by default) and must be regular files inside the OBJ's folder.
+An ``mtllib`` or ``map_Kd`` that points outside it (``/dev/zero``, ``../../secret.png``)
+fails the shape as "unsafe reference" without being opened; an oversized file fails it as
+"file too large". Textures are also bounded in pixels by Pillow's decompression-bomb check.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import trimesh
+
+from cdc_aug.safeio import TooLarge, check_size, confined, read_capped
 
 log = logging.getLogger(__name__)
 logging.getLogger("trimesh").setLevel(logging.WARNING)  # "triangulating faces" for every quad OBJ
@@ -57,31 +66,66 @@ class Normalized:
 _TEX_KEYS = re.compile(r"^\s*(map_Kd)\s+(.+?)\s*$", re.MULTILINE)
 
 
+def _referenced(folder: Path, what: str, name: str) -> Path | None:
+    """``folder/name`` when it lies inside ``folder`` (None when it is not there);
+    ShapeError for a name that points outside."""
+    target = confined(folder, name)
+    if target is None:
+        raise ShapeError("unsafe reference", f"{what} {name!r} points outside the model's folder")
+    return target if target.exists() else None
+
+
+def _read_capped(path: Path, kind: str) -> bytes:
+    try:
+        return read_capped(path, kind)
+    except TooLarge as e:
+        raise ShapeError("file too large", str(e)) from e
+
+
 def check_textures(obj_path: Path) -> list[str]:
     """The diffuse textures that the OBJ's MTL files name but that are not there (drawn
     in the material's plain colour, as Sweet Home 3D does; listed in meta.json). Raises
-    ``unreadable texture`` for one that is there but cannot be decoded."""
+    ``unreadable texture`` for one that is there but cannot be decoded, ``unsafe
+    reference`` for an MTL or texture outside the OBJ's folder, ``file too large`` for
+    one over its cap (module docstring)."""
     from PIL import Image
 
+    folder = obj_path.parent
     missing = []
-    text = obj_path.read_text(errors="replace")
+    text = _read_capped(obj_path, "obj").decode("utf-8", errors="replace")
     for line in re.findall(r"^\s*mtllib\s+(.+?)\s*$", text, re.MULTILINE):
-        mtl = obj_path.parent / line
-        if not mtl.exists():
+        mtl = _referenced(folder, "mtllib", line)
+        if mtl is None:
             continue  # a missing MTL only loses colours; trimesh falls back to grey
-        for _, value in _TEX_KEYS.findall(mtl.read_text(errors="replace")):
+        for _, value in _TEX_KEYS.findall(_read_capped(mtl, "mtl").decode("utf-8", errors="replace")):
             value = value.replace("\\", "/")
             # the name may follow options ("-bm 1 bump.png") or hold spaces
-            found = [c for c in (value, value.split()[-1]) if (obj_path.parent / c).is_file()]
+            found = [t for c in dict.fromkeys((value, value.split()[-1]))
+                     if (t := _referenced(folder, "map_Kd", c)) is not None and t.is_file()]
             if not found:
                 missing.append(value)
                 continue
+            data = _read_capped(found[0], "texture")
             try:
-                with Image.open(obj_path.parent / found[0]) as im:
+                import io
+
+                with Image.open(io.BytesIO(data)) as im:
                     im.load()
             except Exception as e:  # noqa: BLE001 - any decoder error means the same to us
-                raise ShapeError("unreadable texture", f"{found[0]} ({type(e).__name__}: {e})") from e
+                raise ShapeError("unreadable texture", f"{found[0].name} ({type(e).__name__}: {e})") from e
     return sorted(set(missing))
+
+
+class _ConfinedResolver(trimesh.resolvers.FilePathResolver):
+    """trimesh's file resolver, limited to the OBJ's folder and to the size caps (trimesh
+    reads the MTL and textures through it)."""
+
+    def get(self, name: str) -> bytes:
+        for candidate in (name.strip(), name.strip().lstrip("/"), os.path.split(name)[-1]):
+            target = confined(self.parent, candidate)
+            if target is not None and target.is_file():
+                return read_capped(target, "mtl" if target.suffix.lower() == ".mtl" else "texture")
+        raise FileNotFoundError(name)
 
 
 def load_obj(path: Path) -> list[trimesh.Trimesh]:
@@ -93,9 +137,14 @@ def read_obj(path: Path) -> tuple[list[trimesh.Trimesh], dict]:
     """An OBJ file's parts, and notes for meta.json (textures it names but lacks)."""
     if not path.exists():
         raise ShapeError("missing file", str(path))
+    try:
+        check_size(path, "obj")
+    except TooLarge as e:
+        raise ShapeError("file too large", str(e)) from e
     missing = check_textures(path)
     try:
-        loaded = trimesh.load(path, force="scene", process=False, skip_materials=False)
+        loaded = trimesh.load(str(path), file_type="obj", force="scene", process=False, skip_materials=False,
+                              resolver=_ConfinedResolver(str(path)))
     except Exception as e:  # noqa: BLE001 - trimesh raises many types on bad input
         raise ShapeError("corrupt OBJ", f"{path.name}: {type(e).__name__}: {e}") from e
     parts = scene_parts(loaded)

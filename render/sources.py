@@ -1,10 +1,18 @@
 """Shape sources: what shapes there are (cheap, in the main process) and how to load one
 (in a worker). Every source lists its shapes sorted, and ``--max-shapes`` picks a seeded
 subset, so the same flags always give the same shapes in the same order.
+
+Ids are unique per run. Sanitising maps several names to one id (``dup_1`` and ``dup.1``
+both become ``dup-1``); when that happens every shape of the colliding group gets
+``-<first 8 hex digits of sha256(path, entry)>`` appended, so each keeps the same id
+whatever else is listed with it (a shape that collides with nothing keeps its plain id).
+Procedural ids carry the seed unless it is 0 (``proc-chair-0000``, ``proc-chair-s1-0000``):
+another ``--seed`` makes other shapes, and so other ids and other shape files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +29,7 @@ from .meshes import Normalized, normalize, read_obj
 
 SOURCES = ("sweethome3d", "shapenet", "procedural")
 SH3D_DIR = Path("/usr/share/sweethome3d/furniture")
+PROCEDURAL_VERSION = 1  # of render/procedural.py: bump when the same seed gives another shape
 
 
 @dataclass(frozen=True)
@@ -63,9 +72,36 @@ def _subset(refs: list[ShapeRef], max_shapes: int, seed: int, category: str) -> 
     return refs
 
 
-def list_shapes(source: str, categories, max_shapes: int, seed: int, root: str | os.PathLike | None = None
-                ) -> list[ShapeRef]:
-    """Every shape to render, grouped by category in the order given, sorted within."""
+def origin(ref: ShapeRef) -> dict:
+    """Where a shape's mesh comes from, independent of the machine (for its provenance)."""
+    if ref.source == "procedural":
+        return {"seed": ref.seed, "generator_version": PROCEDURAL_VERSION}
+    if ref.source == "sweethome3d":
+        return {"catalog": Path(ref.path).name, "entry": ref.entry}
+    return {"path": "/".join(Path(ref.path).parts[-4:])}
+
+
+def _unique(refs: list[ShapeRef]) -> list[ShapeRef]:
+    """Disambiguate ids that sanitise to the same key (module docstring)."""
+    from dataclasses import replace
+
+    count: dict[str, int] = {}
+    for r in refs:
+        count[r.key] = count.get(r.key, 0) + 1
+    out = []
+    for r in refs:
+        if count[r.key] > 1:
+            tag = hashlib.sha256(f"{r.path}\0{r.entry}".encode()).hexdigest()[:8]
+            r = replace(r, model_id=f"{r.model_id}-{tag}")
+        out.append(r)
+    return out
+
+
+def list_shapes(source: str, categories, max_shapes: int, seed: int, root: str | os.PathLike | None = None,
+                problems: list | None = None) -> list[ShapeRef]:
+    """Every shape to render, grouped by category in the order given, sorted within.
+    ``problems``: damaged inputs found while listing (a catalog that cannot be read) are
+    appended as ``cdc_aug.shards.Failure``s, for failures.jsonl."""
     if source not in SOURCES:
         raise UserError(f"--source: {source!r} is not one of {', '.join(SOURCES)}")
     if max_shapes < 0:
@@ -75,7 +111,9 @@ def list_shapes(source: str, categories, max_shapes: int, seed: int, root: str |
 
         pairs = cats.resolve(categories, allowed=CATEGORIES)
         n = max_shapes or 8  # procedural shapes are endless; "all" means a small fixed set
-        return [ShapeRef("procedural", syn, name, f"proc-{name}-{i:04d}", seed=derive_seed(seed, "procedural", name, i))
+        tag = f"s{seed}-" if seed else ""
+        return [ShapeRef("procedural", syn, name, f"proc-{name}-{tag}{i:04d}",
+                         seed=derive_seed(seed, "procedural", name, i))
                 for syn, name in pairs for i in range(n)]
     if source == "shapenet":
         if root is None:
@@ -89,15 +127,18 @@ def list_shapes(source: str, categories, max_shapes: int, seed: int, root: str |
             if root is None:
                 default_source()  # the install hint
             raise UserError(f"--root: no Sweet Home 3D catalogs (*.sh3f) in {catalog_dir}")
-        found = list_catalog_shapes(catalog_dir, cats.resolve(categories))
+        found = list_catalog_shapes(catalog_dir, cats.resolve(categories), problems)
+    found = _unique(found)
     out: list[ShapeRef] = []
     for syn, _name in cats.resolve(categories):
         mine = [r for r in found if r.synset == syn]
         out.extend(_subset(mine, max_shapes, seed, syn))
     if not out:
         names = ",".join(name for _, name in cats.resolve(categories))
+        unread = "".join(f"; {f.item} could not be read ({f.extra.get('detail', f.reason)})"
+                         for f in (problems or [])[:3])
         raise UserError(f"--categories: no shapes of {names} found for --source {source}"
-                        + (f" under {root}" if root else ""))
+                        + (f" under {root}" if root else "") + unread)
     return out
 
 

@@ -9,7 +9,11 @@ catalog, its licence and the model's author.
 
 Extraction goes only into the cache directory given (inside the render directory), and
 never anywhere else whatever the archive holds: absolute names, ``..`` components,
-symbolic links and oversized archives are refused.
+symbolic links and oversized archives are refused. The properties member is read with
+a cap (``safeio.cap("properties")``, 16 MiB by default) checked against the bytes actually
+inflated, so a small archive that inflates to gigabytes costs no memory; a catalog that
+cannot be read (truncated, not a zip, no properties, over the cap) is recorded in
+failures.jsonl as "corrupt catalog" with its file name.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import re
 import shutil
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
+from cdc_aug.safeio import cap, human
 from cdc_aug.samples import sanitize_id
 
 from .meshes import ShapeError
@@ -97,10 +103,25 @@ def _unescape(s: str) -> str:
     return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", sub, s)
 
 
+def read_properties_member(zf: zipfile.ZipFile) -> str:
+    """The catalog's properties text, inflating at most ``cap("properties")`` + 1 bytes
+    (the size in the zip header is the archive's claim, not a limit)."""
+    limit = cap("properties")
+    info = zf.getinfo(PROPERTIES)
+    if info.file_size > limit:
+        raise ShapeError("corrupt catalog", f"{PROPERTIES} claims {human(info.file_size)}, "
+                                            f"larger than the properties cap of {human(limit)}")
+    with zf.open(info) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ShapeError("corrupt catalog", f"{PROPERTIES} inflates past the properties cap of {human(limit)}")
+    return data.decode("latin-1")
+
+
 def read_catalog(path: Path) -> tuple[dict[str, str], list[dict[str, str]]]:
     """(catalog header, [piece properties with the ``#N`` suffix removed, plus ``index``])."""
     with zipfile.ZipFile(path) as zf:
-        text = zf.read(PROPERTIES).decode("latin-1")
+        text = read_properties_member(zf)
     props = parse_properties(text)
     header = {k: v for k, v in props.items() if "#" not in k}
     pieces: dict[int, dict[str, str]] = {}
@@ -111,7 +132,12 @@ def read_catalog(path: Path) -> tuple[dict[str, str], list[dict[str, str]]]:
     return header, [pieces[i] for i in sorted(pieces) if "model" in pieces[i]]
 
 
-def list_catalog_shapes(catalog_dir: Path, pairs: list[tuple[str, str]]) -> list:
+def list_catalog_shapes(catalog_dir: Path, pairs: list[tuple[str, str]], problems: list | None = None) -> list:
+    """The pieces of the wanted categories in every catalog; a catalog that cannot be read
+    is appended to ``problems`` (a ``Failure`` keyed by its file name) and skipped."""
+    from cdc_aug.safeio import is_stage_error
+    from cdc_aug.shards import Failure
+
     from .sources import ShapeRef
 
     wanted = {name: syn for syn, name in pairs}
@@ -119,8 +145,14 @@ def list_catalog_shapes(catalog_dir: Path, pairs: list[tuple[str, str]]) -> list
     for cat_path in sorted(catalog_dir.glob("*.sh3f")):
         try:
             header, pieces = read_catalog(cat_path)
-        except (zipfile.BadZipFile, KeyError, OSError):
-            continue  # not a furniture catalog; nothing to list from it
+        except (zipfile.BadZipFile, KeyError, OSError, ShapeError, EOFError, zlib.error, NotImplementedError) as e:
+            if is_stage_error(e):
+                raise
+            detail = e.detail if isinstance(e, ShapeError) else f"{type(e).__name__}: {e}"
+            if problems is not None:
+                problems.append(Failure(cat_path.name, "corrupt catalog",
+                                        {"source": "sweethome3d", "path": str(cat_path), "detail": detail}))
+            continue
         seen: set[str] = set()
         for piece in pieces:
             cat = category_of(piece.get("name", ""))

@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libosmesa6: headless OpenGL for pyrender; sweethome3d-furniture: the default shape
-# corpus; mate-backgrounds: photographs for the copy-paste baseline.
-APT_PKGS=(libosmesa6 libgl1 python3-venv python3-dev sweethome3d-furniture mate-backgrounds)
+# corpus; mate-backgrounds: photographs for the copy-paste baseline; plasma-workspace-wallpapers:
+# held-out photographs for the experiments' out-of-domain test set (configs/backgrounds/).
+APT_PKGS=(libosmesa6 libgl1 python3-venv python3-dev sweethome3d-furniture mate-backgrounds
+          plasma-workspace-wallpapers)
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,6 @@
 """A small render-stage directory written directly through the shard layer.
 
-The generate stage only needs the render contract (DESIGN §2), not a renderer, so its
+The generate stage only needs the render contract (docs/design.md §2), not a renderer, so its
 tests build inputs here: each "shape" is a coloured disc or square with its own size.
 """
 

@@ -78,3 +78,82 @@ def test_micro_experiment_chains_and_resumes(tmp_path, tiny_pixel_model, capsys)
     assert main(["experiment", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert out.count("done before, skipped") == len(plan(load_experiment(cfg))) - 1
+
+
+def _write(tmp_path, **changes):
+    cfg = yaml.safe_load(_config(tmp_path).read_text())
+    for key, value in changes.items():
+        cfg[key] = value
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_models_differ_only_in_training_data_and_seed(tmp_path):
+    from fake_renders import write_backgrounds
+
+    write_backgrounds(tmp_path / "bg")
+    cfg = load_experiment(_write(tmp_path, seeds=[0, 1, 2],
+                                 test_domains={"ood-xt": {"t_in": 0.5, "space": "xt"}}))
+    trains = [s for s in plan(cfg) if s.name.startswith("train ")]
+    assert len(trains) == 3 * 3  # clean, t050, copy-paste x 3 seeds
+    varying = {"--name", "--data.shards", "--seed_everything"}
+
+    def rest(argv):
+        out, skip = [], False
+        for a in argv:
+            if skip:
+                skip = False
+                continue
+            if a in varying:
+                skip = True
+                continue
+            out.append(a)
+        return out
+
+    assert all(rest(s.argv) == rest(trains[0].argv) for s in trains)
+    assert {s.argv[s.argv.index("--seed_everything") + 1] for s in trains} == {"0", "1", "2"}
+    # the test-only domain is generated for the test split only, under its own label, and
+    # every model is evaluated on it
+    gen = next(s for s in plan(cfg) if s.name == "generate ood-xt")
+    assert gen.argv[gen.argv.index("--split") + 1] == "test" and "--label" in gen.argv
+    assert gen.argv[gen.argv.index("--space") + 1] == "xt"
+    evals = [s for s in plan(cfg) if s.name.startswith("eval ")]
+    assert len(evals) == 9 and all(any(a.endswith("__ood-xt") for a in s.argv) for s in evals)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"seeds": []}, "seeds must be a non-empty list"),
+    ({"seeds": [0, 0]}, "listed twice"),
+    ({"test_domains": {"t050": {"t_in": 0.3}}}, "domain name(s) t050 used twice"),
+    ({"test_domains": {"clean": {"mode": "copy-paste", "backgrounds": "x"}}}, "domain name(s) clean used twice"),
+    ({"generate": {"t_in": [0.5], "step": 8}}, "generate: unknown key(s) step"),
+    ({"test_domains": {"ood": {"t_in": 0.5, "spac": "xt"}}}, "test_domains.ood: unknown key(s) spac"),
+    ({"eval": {"resolutoin": 32}}, "eval: unknown key(s) resolutoin"),
+    ({"render": {"view": 3}}, "render: unknown key(s) view"),
+])
+def test_bad_experiment_files_fail_before_any_work(tmp_path, capsys, changes, message):
+    path = _write(tmp_path, **changes)
+    assert main(["experiment", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_held_out_photos_must_not_overlap_the_copy_paste_backgrounds(tmp_path, capsys):
+    import shutil
+
+    from fake_renders import write_backgrounds
+
+    write_backgrounds(tmp_path / "bg")
+    held = tmp_path / "held"
+    held.mkdir()
+    first = sorted((tmp_path / "bg").iterdir())[0]
+    shutil.copy(first, held / "renamed.png")  # same photo under another name: still caught
+    listing = tmp_path / "held.txt"
+    listing.write_text(f"# a list file\n{held / 'renamed.png'}\n")
+    for source in (held, listing):
+        path = _write(tmp_path, test_domains={"ood-photos": {"mode": "copy-paste", "backgrounds": str(source)}})
+        assert main(["experiment", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "is also a copy-paste training background" in err and len(err.strip().splitlines()) == 1

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from eval.metrics import EMPTY_DISTANCE, iou, mesh_metrics, point_metrics
+from eval.metrics import EMPTY_DISTANCE, EMPTY_SCORES, chamfer_l1, iou, mesh_metrics, point_metrics
+from train_svr.metrics import chamfer_l1 as validation_chamfer_l1
 
 
 def fibonacci_sphere(n: int, r: float) -> tuple[np.ndarray, np.ndarray]:
@@ -101,19 +102,58 @@ def test_iou_3d_of_mesh_against_its_own_occupancy_is_one():
     assert m["normal_consistency"] == pytest.approx(1.0, abs=1e-9)
 
 
-def test_empty_prediction_scored_like_im2mesh():
+def test_empty_prediction_gets_the_one_empty_definition():
     gt, gt_n = fibonacci_sphere(1000, 0.3)
     occ = np.zeros((10, 3))
-    for mesh in (trimesh.Trimesh(), None):
+    flat = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [2, 0, 0]], [[0, 1, 2]], process=False)  # faces, no area
+    for mesh in (trimesh.Trimesh(), None, flat):
         m = mesh_metrics(mesh, gt, gt_n, occ, np.ones(10))
         assert m["empty"] is True
         assert m["accuracy"] == m["completeness"] == m["chamfer_l1"] == pytest.approx(math.sqrt(3))
         assert m["chamfer_l2"] == 3.0
-        assert m["fscore@0.01"] == m["fscore@0.02"] == 0.0
+        assert m["fscore@0.01"] == m["fscore@0.02"] == m["precision@0.01"] == m["recall@0.02"] == 0.0
         assert m["normal_consistency"] == -1.0
         assert m["iou_3d"] == 0.0
+        assert {k: m[k] for k in EMPTY_SCORES} == EMPTY_SCORES
+        # training's validation Chamfer is the same number (it was 1.0 before)
+        assert validation_chamfer_l1(mesh, gt) == chamfer_l1(mesh, gt) == EMPTY_SCORES["chamfer_l1"]
     m = point_metrics(np.zeros((0, 3)), np.zeros((0, 3)), gt, gt_n)
     assert m["chamfer_l1"] == EMPTY_DISTANCE
+    assert np.isnan(point_metrics(np.zeros((0, 3)), None, gt, None)["normal_consistency"])
+
+
+def test_validation_chamfer_is_the_eval_chamfer():
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.25)
+    gt, gt_n = fibonacci_sphere(4000, 0.3)
+    m = mesh_metrics(mesh, gt, gt_n, n_points=4000, seed=3)
+    assert validation_chamfer_l1(mesh, gt, seed=3) == m["chamfer_l1"]
+    assert m["chamfer_l1"] == pytest.approx(0.05, abs=3e-3)
+
+
+def test_iou_3d_does_not_depend_on_face_orientation():
+    """A flipped sphere scored IoU 0 with the signed winding number (im2mesh: 0.999)."""
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=0.3)
+    rng = np.random.default_rng(2)
+    occ = rng.uniform(-0.55, 0.55, size=(50_000, 3))
+    labels = np.linalg.norm(occ, axis=1) < 0.3
+    gt, gt_n = fibonacci_sphere(5000, 0.3)
+    mixed = mesh.faces.copy()
+    half = rng.permutation(len(mixed))[: len(mixed) // 2]
+    mixed[half] = mixed[half, ::-1]
+    ious = [mesh_metrics(trimesh.Trimesh(mesh.vertices, f, process=False), gt, gt_n, occ, labels,
+                         n_points=5000)["iou_3d"] for f in (mesh.faces, mesh.faces[:, ::-1], mixed)]
+    assert ious[0] == ious[1] == ious[2]
+    # the polyhedron lies inside the sphere, its volume ratio is the analytic IoU
+    ratio = mesh.volume / (4 / 3 * math.pi * 0.3 ** 3)
+    assert ious[0] == pytest.approx(ratio, abs=0.005) and ious[0] > 0.98
+
+
+def test_iou_3d_with_both_sets_empty_is_nan_and_left_out():
+    tiny = trimesh.creation.box(extents=(0.01, 0.01, 0.01))  # a real mesh, no occupancy point inside
+    occ = np.array([[0.3, 0.3, 0.3], [-0.3, 0.2, 0.1]])
+    gt, gt_n = fibonacci_sphere(1000, 0.3)
+    assert np.isnan(mesh_metrics(tiny, gt, gt_n, occ, np.zeros(2), n_points=1000)["iou_3d"])
+    assert mesh_metrics(tiny, gt, gt_n, occ, np.array([1, 0]), n_points=1000)["iou_3d"] == 0.0
 
 
 def test_fscore_thresholds_on_hand_made_points():
@@ -148,6 +188,35 @@ def test_normal_consistency_identical_flipped_and_perpendicular():
 
 def test_iou_helper_and_bad_input():
     assert iou(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0])) == pytest.approx(1 / 3)
-    assert iou(np.zeros(3), np.zeros(3)) == 0.0
+    assert np.isnan(iou(np.zeros(3), np.zeros(3)))  # undefined, as im2mesh's compute_iou
     with pytest.raises(ValueError, match="gt_points"):
         point_metrics(np.zeros((2, 3)), None, np.zeros((2, 2)), None)
+
+
+def im2mesh_eval_pointcloud(pred, pred_n, gt, gt_n) -> dict:
+    """im2mesh.eval.MeshEvaluator.eval_pointcloud's definitions, written out with brute-force
+    distances (its KD-tree only speeds them up)."""
+    from scipy.spatial.distance import cdist
+
+    def p2p(src, src_n, tgt, tgt_n):
+        d = cdist(src, tgt)
+        idx = d.argmin(axis=1)
+        src_n = src_n / np.linalg.norm(src_n, axis=-1, keepdims=True)
+        tgt_n = tgt_n / np.linalg.norm(tgt_n, axis=-1, keepdims=True)
+        return d[np.arange(len(src)), idx], np.abs((tgt_n[idx] * src_n).sum(axis=-1))
+
+    comp, comp_n = p2p(gt, gt_n, pred, pred_n)
+    acc, acc_n = p2p(pred, pred_n, gt, gt_n)
+    return {"completeness": comp.mean(), "accuracy": acc.mean(), "normals": 0.5 * comp_n.mean() + 0.5 * acc_n.mean(),
+            "chamfer-L2": 0.5 * ((comp ** 2).mean() + (acc ** 2).mean()), "chamfer-L1": 0.5 * (comp.mean() + acc.mean())}
+
+
+def test_point_metrics_match_im2mesh_definitions():
+    rng = np.random.default_rng(4)
+    pred, gt = rng.normal(size=(700, 3)) * 0.2, rng.normal(size=(900, 3)) * 0.25
+    pred_n, gt_n = rng.normal(size=(700, 3)), rng.normal(size=(900, 3))
+    ours = point_metrics(pred, pred_n, gt, gt_n)
+    ref = im2mesh_eval_pointcloud(pred, pred_n, gt, gt_n)
+    for a, b in [("accuracy", "accuracy"), ("completeness", "completeness"), ("chamfer_l1", "chamfer-L1"),
+                 ("chamfer_l2", "chamfer-L2"), ("normal_consistency", "normals")]:
+        assert ours[a] == pytest.approx(ref[b], abs=1e-12), a

@@ -1,5 +1,6 @@
 """MaskedILVRPipeline with tiny random Stable Diffusion parts: text-to-image and inpainting."""
 
+import contextlib
 import json
 import string
 
@@ -87,7 +88,7 @@ def test_kind_detection(sd, inpaint):
     assert inpaint.is_inpainting
 
 
-def test_text_to_image_runs_at_the_input_size_and_is_seeded(sd):
+def test_text_to_image_returns_the_input_size_and_is_seeded(sd):
     a = run(sd, image=reference(h=33, w=38), mask=square_mask(33, 38), guidance_scale=3.0)
     assert a.shape == (1, 33, 38, 3) and np.isfinite(a).all()
     np.testing.assert_array_equal(a, run(sd, image=reference(h=33, w=38), mask=square_mask(33, 38),
@@ -114,11 +115,34 @@ def test_full_guidance_on_a_full_mask_returns_the_vae_round_trip(sd):
     np.testing.assert_allclose(out, rt, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["sd", "inpaint"])
 @pytest.mark.parametrize("space", ["x0", "xt"])
-def test_zero_guidance_ignores_the_reference(sd, space):
-    a = run(sd, image=reference(1), t_in=0.0, t_out=0.0, space=space)
-    b = run(sd, image=reference(2), t_in=0.0, t_out=0.0, space=space)
+def test_zero_guidance_ignores_the_reference(kind, space, request):
+    # for inpainting models this covers the masked-image channels too: with nothing guided
+    # they never carry the reference (mask all ones, latent zero from the first step)
+    pipe = request.getfixturevalue(kind)
+    a = run(pipe, image=reference(1), t_in=0.0, t_out=0.0, space=space)
+    b = run(pipe, image=reference(2), t_in=0.0, t_out=0.0, space=space)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["sd", "inpaint"])
+def test_native_resolution_a_224_input_runs_on_the_native_latent_grid(kind, request):
+    # sample_size 16 x VAE factor 2: the native size is 32x32, a 16x16 latent grid
+    pipe = request.getfixturevalue(kind)
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape)))
+    try:
+        out = run(pipe, image=reference(h=224, w=224), mask=square_mask(224, 224), guidance_scale=1.0)
+        explicit = run(pipe, image=reference(h=224, w=224), mask=square_mask(224, 224), guidance_scale=1.0,
+                       height=48, width=64)
+    finally:
+        handle.remove()
+    channels = 9 if kind == "inpaint" else 4
+    assert out.shape == explicit.shape == (1, 224, 224, 3) and np.isfinite(out).all()
+    assert seen == [(1, channels, 16, 16)] * STEPS + [(1, channels, 24, 32)] * STEPS
+    with pytest.raises(ValueError, match="needs sides divisible by 2"):
+        run(pipe, image=reference(h=224, w=224), mask=square_mask(224, 224), height=33)
 
 
 def test_batch_with_prompts_and_generators_matches_single_samples(sd):
@@ -132,23 +156,31 @@ def test_batch_with_prompts_and_generators_matches_single_samples(sd):
 
 
 def test_n_must_divide_the_latent_grid(sd):
-    with pytest.raises(ValueError, match=r"`n_in`=3 does not divide the model's 16x16 grid \(image 32x32\)"):
+    with pytest.raises(ValueError, match=r"`n_in`=3 does not divide the model's 16x16 grid \(sampled at 32x32\)"):
         run(sd, n_in=3)
 
 
 def test_inpainting_keeps_the_object_while_it_is_guided_then_frees_it(inpaint):
     seen = []
-    handle = inpaint.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[0][:, 4].clone()))
+    handle = inpaint.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
     try:
         out = run(inpaint, t_in=0.5, guidance_scale=1.0, blur=0)
     finally:
         handle.remove()
     assert out.shape == (1, SIZE, SIZE, 3) and len(seen) == STEPS
     grid_mask = torch.from_numpy(square_mask(16, 16))
+    x = torch.from_numpy(reference()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        object_latents = inpaint._encode_vae(x * torch.from_numpy(square_mask())[None, None])
     for k, cond in enumerate(seen):
-        # inpainting UNets take 1 = repaint: the object is kept for the first half only
-        expected = 1 - grid_mask if k < STEPS // 2 else torch.ones(16, 16)
-        torch.testing.assert_close(cond[0], expected)
+        # inpainting UNets take 1 = repaint: the object is kept for the first half only,
+        # then the whole image is "generate everything" (mask ones, masked-image latent zero)
+        if k < STEPS // 2:
+            torch.testing.assert_close(cond[0, 4], 1 - grid_mask)
+            torch.testing.assert_close(cond[0, 5:], object_latents[0], atol=1e-5, rtol=1e-5)
+        else:
+            torch.testing.assert_close(cond[0, 4], torch.ones(16, 16))
+            assert not cond[0, 5:].any()
 
 
 def test_save_load_and_load_pipeline_from_an_sd_layout(sd, tmp_path):
@@ -172,3 +204,21 @@ def test_stable_diffusion_pipeline_directory_loads(tmp_path):
                             requires_safety_checker=False).save_pretrained(tmp_path / "sd")
     pipe = models.load_pipeline(str(tmp_path / "sd"))
     assert pipe.is_text_conditioned and pipe.tokenizer.model_max_length == 16
+
+
+def test_inpainting_batch_matches_single_samples_when_guidance_ends_at_different_steps(inpaint):
+    # sample 1's object is empty (nothing guided): its conditioning switches to "generate
+    # everything" at once, while sample 0's object is still kept
+    refs, masks = [reference(3), reference(4)], [square_mask(), np.zeros((SIZE, SIZE), np.float32)]
+    with pytest.warns(UserWarning, match="is empty"):
+        both = inpaint(refs, masks, prompt="a chair", t_in=0.5, generator=[torch.Generator().manual_seed(s) for s in (7, 8)],
+                       num_inference_steps=STEPS, output_type="np").images
+    for i, seed in enumerate((7, 8)):
+        if i == 1:
+            ctx = pytest.warns(UserWarning, match="is empty")
+        else:
+            ctx = contextlib.nullcontext()
+        with ctx:
+            alone = inpaint(refs[i], masks[i], prompt="a chair", t_in=0.5, generator=[torch.Generator().manual_seed(seed)],
+                            num_inference_steps=STEPS, output_type="np").images
+        np.testing.assert_allclose(both[i], alone[0], atol=1e-5)

@@ -1,4 +1,4 @@
-"""MaskedILVRPipeline with a tiny random pixel-space UNet: DESIGN §3 invariants, checks, I/O."""
+"""MaskedILVRPipeline with a tiny random pixel-space UNet: docs/design.md §4 invariants, checks, I/O."""
 
 import numpy as np
 import PIL.Image
@@ -193,7 +193,8 @@ def test_pil_numpy_and_torch_inputs_agree(pipe):
         (dict(mask_image=np.zeros((16, 16), np.float32)), "`mask_image` is 16x16 but `image` is 32x32"),
         (dict(mask_image=np.full((32, 32), 2.0, np.float32)), r"`mask_image` 0 must hold values in \[0, 1\]"),
         (dict(mask_image=[square_mask()] * 3), "`mask_image` holds 3 masks for 1 images"),
-        (dict(image=reference(h=31, w=31), mask_image=square_mask(31, 31)), "needs sides divisible by 2"),
+        (dict(height=31, width=31), r"`height`x`width` is 31x31; this model needs sides divisible by 2"),
+        (dict(height=0), "`height` must be a positive integer or None"),
         (dict(generator=[gen(), gen()]), "`generator` is a list of 2 for a batch of 1"),
         (dict(prompt=["a", "b"]), "`prompt` is a list of 2 for a batch of 1"),
         (dict(image=[reference(), reference(h=64, w=64)], mask_image=[square_mask()]), "`image` 1 is 64x64"),
@@ -239,7 +240,7 @@ def test_xt_space_noises_the_reference_to_the_level_the_step_lands_on():
     pipe.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
     ref, full = reference(h=64, w=64), np.ones((64, 64), np.float32)
     with pytest.warns(UserWarning, match="is full"):
-        run(pipe, image=ref, mask=full, t_in=1.0, space="xt", blur=0)
+        run(pipe, image=ref, mask=full, t_in=1.0, space="xt", blur=0, height=64, width=64)
     y0 = torch.from_numpy(ref).permute(2, 0, 1)[None].float() / 127.5 - 1
     timesteps = pipe.scheduler.timesteps
     for k in (1, 2, 3):
@@ -268,3 +269,34 @@ def test_multistep_schedulers_run_every_timestep(scheduler):
     assert np.isfinite(out).all() and len(calls) == len(pipe.scheduler.timesteps)
     # multistep updates mix several steps' outputs, so the object is close, not exact
     assert np.abs(run(pipe, t_in=1.0)[0][INNER[1:]] - reference()[INNER[1:]] / 255.0).mean() < 0.05
+
+
+def test_samples_at_the_models_native_size_and_returns_the_input_size(pipe):
+    # the UNet's sample_size is 32: a 48x40 input is sampled on 32x32 and comes back at 48x40
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        out = run(pipe, image=reference(h=40, w=48), mask=square_mask(40, 48))
+        at_input = run(pipe, image=reference(h=40, w=48), mask=square_mask(40, 48), height=40, width=48)
+    finally:
+        handle.remove()
+    assert out.shape == at_input.shape == (1, 40, 48, 3)
+    assert seen == [(32, 32)] * STEPS + [(40, 48)] * STEPS
+
+
+def test_full_guidance_survives_the_resize_to_the_model_size(pipe):
+    # t_in = 1 on a full mask at another size: the result is the reference through the
+    # down- and up-sampling, so close to it at low frequencies
+    ref = np.kron(reference(h=8, w=8), np.ones((8, 8, 1), np.uint8))  # 64x64, piecewise constant
+    with pytest.warns(UserWarning, match="is full"):
+        out = run(pipe, image=ref, mask=np.ones((64, 64), np.float32), t_in=1.0)
+    assert np.abs(out[0] - ref / 255.0)[4:-4:8, 4:-4:8].max() < 0.02
+
+
+def test_the_docstring_example_runs():
+    import doctest
+
+    finder = doctest.DocTestFinder()
+    [test] = [t for t in finder.find(MaskedILVRPipeline.__call__, "MaskedILVRPipeline.__call__") if t.examples]
+    result = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS).run(test)
+    assert result.failed == 0 and result.attempted >= 8

@@ -152,12 +152,12 @@ def test_interrupted_run_resumes_with_every_key_once(tmp_path, monkeypatch):
     real_write = ShardStore.write
     calls = []
 
-    def crash_on_third(self, index, samples, failures=None):
+    def crash_on_third(self, index, samples, failures=None, **kw):
         calls.append(index)
         if len(calls) == 3:
             next(iter(samples))  # some work done, then the machine goes down mid-shard
             raise KeyboardInterrupt
-        return real_write(self, index, samples, failures)
+        return real_write(self, index, samples, failures, **kw)
 
     monkeypatch.setattr(ShardStore, "write", crash_on_third)
     with pytest.raises(KeyboardInterrupt):

@@ -8,6 +8,8 @@ support it, 16-mixed on other GPUs and 32-true on CPU.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from cdc_aug.errors import UserError
+from cdc_aug.runinfo import output_lock
 
 from .datamodule import SVRDataModule
 from .module import SVRModule
@@ -78,5 +81,10 @@ def main(argv: list[str], module=SVRModule, prog: str = "cdc-aug train") -> int:
         except SystemExit as e:  # --help
             return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
     ckpt = cli.config_init.get("ckpt_path")
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    # One run per run directory: the first process of a (distributed) run holds the lock.
+    first = all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+    run_dir = Path(cli.config_init["runs_dir"]) / cli.config_init["name"]
+    with output_lock(run_dir, "cdc-aug train") if first else contextlib.nullcontext():
+        # weights_only: resuming never unpickles code, whatever torch's default (issue 13)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
     return 0

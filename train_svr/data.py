@@ -3,8 +3,9 @@ ground truth, and the loaders that split them across nodes, ranks and workers.
 
 A sample for the model: the input image (``input_image``), its camera rescaled to the
 training resolution, the mask, and - for render samples - the normal and depth maps the
-Laplacian loss needs. Generate runs carry no normals or depth: their samples get
-``has_detail = 0`` and the Laplacian term skips them (the SDF losses still apply).
+Laplacian loss needs. Generate runs copy the render's normal and depth maps, so their
+samples get the same losses as clean ones; a sample without them (an older generate
+run) gets ``has_detail = 0`` and the Laplacian term skips it (the SDF losses still apply).
 
 Splitting: the train samples of a shard set, in shard order, are cut into
 ``world_size * num_workers`` contiguous blocks, one per (rank, worker), so each worker
@@ -16,7 +17,6 @@ sample is seen exactly once per epoch.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,9 +30,9 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cdc_aug.errors import UserError
-from cdc_aug.layout import read_splits, shape_file, shapes_dir, split_of_key
+from cdc_aug.layout import read_splits, shape_file, shape_provenance, shapes_dir, split_of_key
 from cdc_aug.samples import decode_field
-from cdc_aug.shards import iter_tar_samples, read_index, shard_paths
+from cdc_aug.shards import ShardDamaged, check_shard, read_index, sidecar_keys, verified_samples
 
 from .geometry import resize_intrinsics
 
@@ -77,6 +77,8 @@ def camera_tensors(camera: dict, image_hw: tuple[int, int], size: int) -> tuple[
     RT = np.asarray(camera["RT"], dtype=np.float64)
     if K.shape != (3, 3) or RT.shape != (3, 4):
         raise ValueError(f"camera.json: K must be 3x3 and RT 3x4, got {K.shape} and {RT.shape}")
+    if not (np.isfinite(K).all() and np.isfinite(RT).all()):
+        raise ValueError("camera.json: K or RT holds NaN or inf")
     return torch.from_numpy(K).float(), torch.from_numpy(RT).float()
 
 
@@ -94,18 +96,19 @@ class GroundTruth:
     sample's loading time; consecutive samples of a shard mostly share shapes, so a
     small cache of decoded arrays removes most of it."""
 
-    def __init__(self, root: Path, max_open: int = 64, max_cached: int = 64):
+    def __init__(self, root: Path, max_open: int = 64, max_cached: int = 64, digests: dict | None = None):
         self.root = Path(root)
         self.max_open, self.max_cached = max_open, max_cached
+        self.digests = dict(digests or {})  # shape key -> provenance digest (layout.shape_provenance)
         self._files: OrderedDict[str, object] = OrderedDict()
         self._sdf: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._pid = os.getpid()
 
     def __getstate__(self):
-        return {"root": self.root, "max_open": self.max_open, "max_cached": self.max_cached}
+        return {"root": self.root, "max_open": self.max_open, "max_cached": self.max_cached, "digests": self.digests}
 
     def __setstate__(self, state):
-        self.__init__(state["root"], state["max_open"], state["max_cached"])
+        self.__init__(state["root"], state["max_open"], state["max_cached"], state.get("digests"))
 
     def file(self, synset: str, model_id: str):
         import h5py
@@ -117,7 +120,18 @@ class GroundTruth:
         path = str(shape_file(self.root, synset, model_id))
         f = self._files.pop(path, None)
         if f is None:
-            f = h5py.File(path, "r")
+            from render.groundtruth import GroundTruthError, check_provenance
+
+            try:
+                f = h5py.File(path, "r")
+            except OSError as e:  # truncated or not HDF5: the sample is skipped and logged
+                raise GroundTruthError(f"{path}: unreadable shape file ({str(e).splitlines()[0]})") from e
+            try:
+                check_provenance(f.attrs, Path(path), synset, model_id,
+                                 self.digests.get(f"{synset}_{model_id}"))
+            except GroundTruthError:
+                f.close()
+                raise
             if len(self._files) >= self.max_open:
                 self._files.popitem(last=False)[1].close()
         self._files[path] = f
@@ -128,7 +142,13 @@ class GroundTruth:
         key = f"{synset}/{model_id}"
         hit = self._sdf.pop(key, None)
         if hit is None:
-            arr = np.asarray(self.file(synset, model_id)["sdf_samples"][:], dtype=np.float32)
+            try:
+                arr = np.asarray(self.file(synset, model_id)["sdf_samples"][:], dtype=np.float32)
+            except (OSError, KeyError) as e:
+                from render.groundtruth import GroundTruthError
+
+                raise GroundTruthError(f"{shape_file(self.root, synset, model_id)}: unreadable sdf_samples "
+                                       f"({str(e).splitlines()[0]})") from e
             hit = (arr, np.flatnonzero(arr[:, 3] < 0), np.flatnonzero(arr[:, 3] >= 0))
             if len(self._sdf) >= self.max_cached:
                 self._sdf.popitem(last=False)
@@ -197,6 +217,7 @@ class ShardSet:
     root: Path
     shapes: Path
     items: list[tuple[Path, str]]  # (shard path, key), in shard order
+    digests: dict = None  # shape key -> ground-truth provenance digest (layout.shape_provenance)
 
     @property
     def shards(self) -> list[Path]:
@@ -204,29 +225,30 @@ class ShardSet:
 
 
 def _shard_keys(path: Path) -> list[str]:
-    side = path.with_name(path.name + ".json")
-    if side.exists():
-        try:
-            return list(json.loads(side.read_text())["keys"])
-        except (json.JSONDecodeError, KeyError):
-            pass
-    return [s["__key__"] for s in iter_tar_samples(path)]
+    keys = sidecar_keys(path)
+    return keys if keys is not None else [s["__key__"] for s in verified_samples(path)]
 
 
 def open_shard_set(root: str | Path, split: str, check_shapes: bool = True) -> ShardSet:
-    """Index one shard directory's ``split``; every problem is a one-line UserError."""
+    """Index one shard directory's ``split``; every problem is a one-line UserError.
+    Each shard is checked against index.json (size, sha256); a damaged one is a one-line
+    error that names it and the keys lost with it."""
     root = Path(root)
     index = read_index(root)
     splits = read_splits(root)
     if split not in splits:
         raise UserError(f"{root / 'splits.json'}: no split named {split!r} (has {', '.join(sorted(splits))})")
     wanted = set(splits[split])
-    paths = shard_paths(root)
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise UserError(f"{missing[0]}: missing ({len(missing)} of {len(paths)} shards listed in "
-                        f"{root / 'index.json'} are absent)")
-    items = [(p, k) for p in paths for k in _shard_keys(p) if split_of_key(k) in wanted]
+    items = []
+    for entry in index["shards"]:
+        p = root / "shards" / entry["name"]
+        try:
+            check_shard(p, entry)
+            keys = _shard_keys(p)
+        except ShardDamaged as e:  # training on what survives would change the data unnoticed
+            raise UserError(f"{p.parent}/{e}: {e.lost(lambda k: split_of_key(k) in wanted)} of the {split!r} "
+                            "split; repair or regenerate it") from e
+        items += [(p, k) for k in keys if split_of_key(k) in wanted]
     if not items:
         raise UserError(f"{root}: the {split!r} split has no samples ({len(wanted)} shapes in splits.json, "
                         f"{index.get('num_samples', '?')} samples in the shards)")
@@ -242,7 +264,7 @@ def open_shard_set(root: str | Path, split: str, check_shapes: bool = True) -> S
             if not shape_file(shapes, synset, model_id).exists():
                 raise UserError(f"{shape_file(shapes, synset, model_id)}: shape file missing (ground truth of "
                                 f"{shape}, a {split!r} shape of {root})")
-    return ShardSet(root, shapes, items)
+    return ShardSet(root, shapes, items, shape_provenance(root))
 
 
 def _split_range(n: int, parts: int, i: int) -> tuple[int, int]:
@@ -264,7 +286,7 @@ class ShardStream(IterableDataset):
         self.weights = w / w.sum()
         self.epoch_samples, self.seed, self.shuffle_buffer = epoch_samples, seed, shuffle_buffer
         self.rank, self.world_size, self.epoch = 0, 1, 0
-        self.gts = [GroundTruth(s.shapes) for s in sets]
+        self.gts = [GroundTruth(s.shapes, digests=s.digests) for s in sets]
 
     def slot(self) -> tuple[int, int, int, int]:
         info = get_worker_info()
@@ -295,12 +317,15 @@ class ShardStream(IterableDataset):
             buf: list[dict] = []
             for j in rng.permutation(len(shards)):
                 keys = by_shard[shards[j]]
-                for raw in iter_tar_samples(shards[j]):
-                    if raw["__key__"] not in keys:
-                        continue
-                    buf.append(raw)
-                    if len(buf) >= self.shuffle_buffer:
-                        yield buf.pop(int(rng.integers(len(buf))))
+                try:
+                    for raw in verified_samples(shards[j]):
+                        if raw["__key__"] not in keys:
+                            continue
+                        buf.append(raw)
+                        if len(buf) >= self.shuffle_buffer:
+                            yield buf.pop(int(rng.integers(len(buf))))
+                except ShardDamaged as e:  # damaged since open_shard_set checked it
+                    log.warning("skipped the rest of %s: %s", shards[j], e.reason)
             while buf:
                 yield buf.pop(int(rng.integers(len(buf))))
 
@@ -309,9 +334,20 @@ class ShardStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, slot])
         streams = [self._raw(s, np.random.default_rng([self.seed, self.epoch, slot, s]))
                    for s in range(len(self.sets))]
+        skipped = 0
         for _ in range(self.quota()):
             s = int(rng.choice(len(self.sets), p=self.weights)) if len(self.sets) > 1 else 0
-            example = make_example(next(streams[s]), self.gts[s], self.image_size, self.points, rng)
+            while True:
+                raw = next(streams[s])
+                try:
+                    example = make_example(raw, self.gts[s], self.image_size, self.points, rng)
+                    break
+                except (ValueError, KeyError, OSError) as e:  # a bad sample is skipped, with its key
+                    skipped += 1
+                    log.warning("skipped sample %s: %s", raw.get("__key__"), str(e).splitlines()[0] if str(e) else e)
+                    if skipped > max(100, 10 * self.quota()):
+                        raise UserError(f"{self.sets[s].root}: {skipped} samples could not be used "
+                                        f"(last: {raw.get('__key__')}: {e})") from e
             example["set"] = s
             yield example
 
@@ -324,13 +360,16 @@ def load_examples(shard_set: ShardSet, max_shapes: int, image_size: int, points:
         first.setdefault(split_of_key(k), (p, k))
     chosen = [first[s] for s in sorted(first)[:max_shapes]]
     want = {k for _, k in chosen}
-    gt = GroundTruth(shard_set.shapes)
+    gt = GroundTruth(shard_set.shapes, digests=shard_set.digests)
     out = []
     for shard in dict.fromkeys(p for p, _ in chosen):
-        for raw in iter_tar_samples(shard):
+        for raw in verified_samples(shard):
             if raw["__key__"] in want:
                 rng = np.random.default_rng([seed, len(out)])
-                out.append(make_example(raw, gt, image_size, points, rng, surface_points))
+                try:
+                    out.append(make_example(raw, gt, image_size, points, rng, surface_points))
+                except (ValueError, KeyError, OSError) as e:
+                    log.warning("skipped validation sample %s: %s", raw["__key__"], str(e).splitlines()[0])
     return sorted(out, key=lambda e: e["key"])
 
 

@@ -4,6 +4,8 @@ chunks; marching cubes (scikit-image) extracts its zero level set."""
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,13 @@ def load_model(ckpt_path: str | Path, device: str = "cpu"):
     path = Path(ckpt_path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
-    model = SVRModule.load_from_checkpoint(path, map_location=device, encoder_weights=None)
+    try:
+        # weights_only: a checkpoint is data; one that needs arbitrary code to unpickle is
+        # refused whatever torch's default (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, torch < 2.6).
+        model = SVRModule.load_from_checkpoint(path, map_location=device, encoder_weights=None, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a loadable cdc-aug SVR checkpoint ({first[:200]})") from e
     return model.eval().to(device)
 
 

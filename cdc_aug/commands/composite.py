@@ -15,6 +15,8 @@ import logging
 import time
 from pathlib import Path
 
+from cdc_aug.sampling import DEFAULTS as D
+
 log = logging.getLogger(__name__)
 
 # Parameters a --sweep may vary: name -> (type, pipeline keyword or None if special).
@@ -28,35 +30,53 @@ SWEEPABLE = {
 def register(sub, help_text: str) -> None:
     p = sub.add_parser("composite", help=help_text, description=__doc__.split("\n\n", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None,
+                   help="YAML file of settings (keys: these flags' names, e.g. t_in, model_size), e.g. "
+                        "configs/generate/paper_svr.yaml, or a composite's own .yaml; flags given on the command "
+                        "line win")
     p.add_argument("--image", required=True,
                    help="reference image (PNG/JPEG); an RGBA image's alpha is the default mask, and it is "
                         "placed on mid grey unless --background is given")
     p.add_argument("--mask", help="mask image, white = object (default: the image's alpha)")
     p.add_argument("--background", help="paste the RGBA --image onto this background first (object immersion)")
     p.add_argument("--out", required=True, help="output PNG (the grid when --sweep is given)")
-    p.add_argument("--t-in", type=float, default=0.5, help="fraction of steps the object is guided (default 0.5)")
-    p.add_argument("--t-out", type=float, default=0.0, help="fraction of steps the background is guided (default 0)")
-    p.add_argument("--n-in", type=int, default=1, help="object low-pass factor (default 1 = all frequencies)")
-    p.add_argument("--n-out", type=int, default=1, help="background low-pass factor (default 1)")
-    p.add_argument("--space", choices=["x0", "xt"], default="x0", help="guide the predicted x0 or the noisy xt")
-    p.add_argument("--blur", default="auto", help="mask smoothing sigma in pixels, or auto (default)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--t-in", type=float, default=D.t_in, help="fraction of steps the object is guided (default %(default)s)")
+    p.add_argument("--t-out", type=float, default=D.t_out,
+                   help="fraction of steps the background is guided (default %(default)s)")
+    p.add_argument("--n-in", type=int, default=D.n_in, help="object low-pass factor (default %(default)s = all frequencies)")
+    p.add_argument("--n-out", type=int, default=D.n_out, help="background low-pass factor (default %(default)s)")
+    p.add_argument("--space", choices=["x0", "xt"], default=D.space,
+                   help="guide the predicted x0 or the noisy xt (default %(default)s)")
+    p.add_argument("--blur", default=D.blur, help="mask smoothing sigma in pixels, or auto (default %(default)s)")
+    p.add_argument("--steps", type=int, default=D.steps, help="sampling steps (default %(default)s)")
     p.add_argument("--model", help="pipeline directory or cached hub id (default: the bundled model)")
-    p.add_argument("--scheduler", default="ddim", help="ddim (default), ddpm, dpm, unipc or pndm")
+    p.add_argument("--model-size", default=D.model_size,
+                   help="size the model samples at: native (default: the model's own, e.g. 512 for SD 1.5), "
+                        "input (the image's size), N or WxH; the result has the input's size")
+    p.add_argument("--scheduler", default=D.scheduler, help="ddim (default), ddpm, dpm, unipc or pndm")
     p.add_argument("--prompt", help="text for text-conditioned models")
     p.add_argument("--negative-prompt", help="negative text for classifier-free guidance")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (text models)")
-    p.add_argument("--resample-start", type=float, default=0.0,
-                   help="fraction of steps run with RePaint resampling (default 0 = off)")
-    p.add_argument("--jump-length", type=int, default=10, help="RePaint window length (default 10)")
-    p.add_argument("--jump-n-sample", type=int, default=10, help="RePaint repeats per window (default 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=D.guidance,
+                   help="classifier-free guidance scale (text models; default %(default)s)")
+    p.add_argument("--resample-start", type=float, default=D.resample_start,
+                   help="fraction of steps run with RePaint resampling (default %(default)s = off)")
+    p.add_argument("--jump-length", type=int, default=D.jump_length, help="RePaint window length (default %(default)s)")
+    p.add_argument("--jump-n-sample", type=int, default=D.jump_n_sample,
+                   help="RePaint repeats per window (default %(default)s)")
+    p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--size", help="resize the inputs to WxH (or one number for a square) first")
     p.add_argument("--sweep", action="append", default=[], metavar="PARAM=V1,V2,...",
                    help=f"vary a parameter over values (repeatable); one of {', '.join(SWEEPABLE)}")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA), fp32, fp16 or bf16")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _parser=p)
+
+
+# --config keys that are not composite's flags: what its own .yaml records besides them, and
+# generate's dataset settings, so that one preset (configs/generate/*.yaml) serves both commands
+RECORD_ONLY = ("model_identity", "sweep", "views", "split", "mode", "scenes", "backgrounds", "batch_size",
+               "nproc", "threads", "overwrite", "no_progress", "in_dir", "out_dir", "reference_grey", "progress",
+               "label")
 
 
 def parse_sweeps(specs: list[str]) -> list[tuple[str, list]]:
@@ -105,7 +125,7 @@ def load_inputs(args):
     def open_image(path, flag):
         try:
             return Image.open(path)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise UserError(f"{flag} {path}: cannot read it as an image ({e})") from None
 
     img = open_image(args.image, "--image")
@@ -197,7 +217,16 @@ def run(args: argparse.Namespace) -> int:
     from cdc_aug.errors import UserError
     from cdc_aug.models import load_pipeline, model_identity
     from cdc_aug.runinfo import write_config
+    from cdc_aug.sampling import parse_model_size, pipeline_size
 
+    if args.config:
+        from cdc_aug.runinfo import apply_settings_file
+
+        apply_settings_file(args, args._parser, args.config, record_only=RECORD_ONLY)
+        if args.prompt and "{" in args.prompt:
+            raise UserError(f"--prompt {args.prompt!r} (from --config {args.config}) is a generate template; "
+                            "composite has no category or scene to fill in: pass --prompt TEXT")
+    model_size = parse_model_size(args.model_size)
     sweeps = parse_sweeps(args.sweep)
     ref, mask = load_inputs(args)
     out = Path(args.out)
@@ -221,9 +250,10 @@ def run(args: argparse.Namespace) -> int:
         overrides = dict(zip(names, combo))
         start = time.perf_counter()
         try:
-            image = pipe(ref, mask, output_type="pil", **cell_kwargs(args, overrides)).images[0]
+            image = pipe(ref, mask, output_type="pil", **pipeline_size(model_size, ref.shape[:2]),
+                         **cell_kwargs(args, overrides)).images[0]
         except ValueError as e:
-            hint = " (resize with --size)" if "divisible" in str(e) else ""
+            hint = " (choose another --model-size or --size)" if "divisible" in str(e) else ""
             raise UserError(f"{e}{hint}".replace("\n", " ")) from None
         label = ", ".join(f"{k}={_label(v)}" for k, v in overrides.items())
         log.info("%s%.1f s", f"{label}: " if label else "", time.perf_counter() - start)
@@ -243,8 +273,8 @@ def run(args: argparse.Namespace) -> int:
         make_grid(rows, row_labels, col_labels, reference=Image.fromarray(marked)).save(out)
     else:
         results[0].save(out)
-    config = {k: getattr(args, k) for k in ("image", "mask", "background", "size", "model", "scheduler",
-                                            "negative_prompt", "device", "dtype", *SWEEPABLE)}
+    config = {k: getattr(args, k) for k in ("image", "mask", "background", "size", "model", "model_size",
+                                            "scheduler", "negative_prompt", "device", "dtype", *SWEEPABLE)}
     config.update(sweep={n: v for n, v in sweeps}, model_identity=identity, out=str(out))
     write_config(out.parent, config, name=f"{out.stem}.yaml")
     print(f"wrote {out} ({len(results)} result{'s' if len(results) > 1 else ''}) and {out.parent / (out.stem + '.yaml')}")

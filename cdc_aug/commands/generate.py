@@ -6,46 +6,68 @@ import socket
 from pathlib import Path
 
 from cdc_aug.errors import UserError
+from cdc_aug.sampling import DEFAULTS as D
 
 
 def register(sub, help_text: str) -> None:
     p = sub.add_parser(
         "generate",
         help=help_text,
-        description=help_text + ". Defaults are the paper's SVR setting: t_out=0 (the scene is "
-        "generated), the object guided for t_in of the steps. Multi-GPU: launch with "
+        description=help_text + ". The object is guided for t_in of the steps, the scene generated freely "
+        "(t_out=0); defaults in cdc_aug/sampling.py, shared with composite. The paper's SVR setting: "
+        "--config configs/generate/paper_svr.yaml. Multi-GPU: launch with "
         "`torchrun --nproc-per-node G [--nnodes N --rdzv-endpoint HOST:PORT] -m cdc_aug generate ...` "
         "or `srun`; --nproc N spawns N local processes.",
     )
+    p.add_argument("--config", default=None,
+                   help="YAML file of settings (keys: these flags' names, e.g. t_in, model_size), such as "
+                        "configs/generate/paper_svr.yaml or a run's config.yaml; flags given on the command line win")
     p.add_argument("--in", dest="in_dir", default="data/renders", help="render stage directory (default: %(default)s)")
     p.add_argument("--out", required=True, help="output directory; with several --t-in values, one subdirectory tNNN each")
     p.add_argument("--mode", choices=["ilvr", "copy-paste"], default="ilvr")
-    p.add_argument("--t-in", default="0.5", help="object guidance fraction in [0,1]; a comma list runs a sweep")
-    p.add_argument("--t-out", type=float, default=0.0, help="background guidance fraction (default 0: free scene)")
-    p.add_argument("--n-in", type=int, default=1, help="low-pass factor inside the mask")
-    p.add_argument("--n-out", type=int, default=1, help="low-pass factor outside the mask")
-    p.add_argument("--space", choices=["x0", "xt"], default="x0")
-    p.add_argument("--blur", default="auto", help="mask blur radius in pixels, or auto (tied to N)")
+    p.add_argument("--t-in", default=str(D.t_in),
+                   help="object guidance fraction in [0,1]; a comma list runs a sweep (default %(default)s)")
+    p.add_argument("--t-out", type=float, default=D.t_out,
+                   help="background guidance fraction (default %(default)s: free scene)")
+    p.add_argument("--n-in", type=int, default=D.n_in, help="low-pass factor inside the mask (default %(default)s)")
+    p.add_argument("--n-out", type=int, default=D.n_out, help="low-pass factor outside the mask (default %(default)s)")
+    p.add_argument("--space", choices=["x0", "xt"], default=D.space, help="default %(default)s")
+    p.add_argument("--blur", default=D.blur, help="mask blur sigma in pixels, or auto (tied to N; default)")
     p.add_argument("--model", default=None, help="diffusers model dir or hub id (default: the bundled model)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (text models)")
+    p.add_argument("--model-size", default=D.model_size,
+                   help="size the model samples at: native (default: the model's own, e.g. 512 for SD 1.5), "
+                        "input (the render's size), N or WxH; outputs keep the render's size")
+    p.add_argument("--steps", type=int, default=D.steps, help="DDIM steps (default %(default)s)")
+    p.add_argument("--guidance", type=float, default=D.guidance,
+                   help="classifier-free guidance (text models; default %(default)s)")
     p.add_argument("--prompt", default=None, help="template with {category} and {scene} (text models)")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--scenes", default=None, help="file with one scene per line (default: built-in list)")
-    p.add_argument("--backgrounds", default=None, help="photo directory for --mode copy-paste")
-    p.add_argument("--resample-start", type=float, default=0.0, help="RePaint resampling from this fraction (0: off)")
-    p.add_argument("--jump-length", type=int, default=1)
-    p.add_argument("--jump-n-sample", type=int, default=1)
+    p.add_argument("--backgrounds", default=None,
+                   help="photo directory, or a text file listing photos, for --mode copy-paste")
+    p.add_argument("--label", default=None,
+                   help="the test-domain name evaluation and reports use for this run (default: from the "
+                        "mode and t_in, e.g. t_in=0.5 or copy-paste); letters, digits, - _ . = only")
+    p.add_argument("--resample-start", type=float, default=D.resample_start,
+                   help="RePaint resampling from this fraction (0: off)")
+    p.add_argument("--jump-length", type=int, default=D.jump_length, help="default %(default)s")
+    p.add_argument("--jump-n-sample", type=int, default=D.jump_n_sample, help="default %(default)s")
     p.add_argument("--batch-size", type=int, default=None, help="per process (default: 4 on CPU, 8 on CUDA)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--split", default="train", help="train | val | test | all (default: %(default)s)")
+    p.add_argument("--views", default=None,
+                   help="comma-separated view indices to augment, e.g. 0,1,2,33,34,35 (default: every view)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--nproc", type=int, default=1, help="spawn this many local processes (gloo on CPU, nccl on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     p.add_argument("--overwrite", action="store_true", help="replace a run with other parameters in --out")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _parser=p)
+
+
+# keys a generate run's config.yaml records that are not flags (--out and --in are given anew)
+RECORD_ONLY = ("out_dir", "model_identity", "reference_grey", "progress")
 
 
 def parse_t_values(text: str) -> list[float]:
@@ -62,6 +84,7 @@ def parse_t_values(text: str) -> list[float]:
 
 
 def make_configs(args: argparse.Namespace):
+    from cdc_aug.commands.eval import parse_views
     from cdc_aug.generate import GenerateConfig
     from cdc_aug.scenes import DEFAULT_NEGATIVE, DEFAULT_PROMPT
 
@@ -83,10 +106,12 @@ def make_configs(args: argparse.Namespace):
                 space=args.space,
                 blur=args.blur,
                 model=args.model,
+                model_size=str(args.model_size),
                 steps=args.steps,
                 guidance=args.guidance,
                 prompt=args.prompt or DEFAULT_PROMPT,
-                negative_prompt=args.negative_prompt or DEFAULT_NEGATIVE,
+                # "" is a valid negative prompt (the paper's: none)
+                negative_prompt=DEFAULT_NEGATIVE if args.negative_prompt is None else args.negative_prompt,
                 scenes=args.scenes,
                 backgrounds=args.backgrounds,
                 resample_start=args.resample_start,
@@ -94,6 +119,8 @@ def make_configs(args: argparse.Namespace):
                 jump_n_sample=args.jump_n_sample,
                 seed=args.seed,
                 split=args.split,
+                views=parse_views(args.views),
+                label=args.label,
                 dtype=args.dtype,
                 batch_size=args.batch_size,
                 device=args.device,
@@ -124,6 +151,10 @@ def _spawned(local_rank: int, nproc: int, port: int, cfg) -> None:
 def run(args: argparse.Namespace) -> int:
     from cdc_aug.generate import check_config, run_generate
 
+    if args.config:
+        from cdc_aug.runinfo import apply_settings_file
+
+        apply_settings_file(args, args._parser, args.config, record_only=RECORD_ONLY)
     if args.nproc < 1:
         raise UserError(f"--nproc {args.nproc}: must be at least 1")
     configs = make_configs(args)

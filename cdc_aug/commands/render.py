@@ -45,12 +45,20 @@ def _apply_config(args: argparse.Namespace) -> dict:
     data = read_settings_file(args.config)
     parser, extra = args._parser, {}
     flags = {a.dest for a in parser._actions} - {"help", "config", "func", "_parser"}
+    types = {a.dest: a.type for a in parser._actions}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
-        if dest in GT_KEYS:
-            extra[dest] = int(value)
-        elif dest not in flags:
+        if dest not in GT_KEYS and dest not in flags:
             raise UserError(f"--config: {args.config}: unknown setting {key!r}")
+        convert = int if dest in GT_KEYS else types.get(dest)
+        if convert is not None and not isinstance(value, list):
+            try:
+                value = convert(value)
+            except (TypeError, ValueError):
+                raise UserError(f"--config: {args.config}: {key}: {value!r} is not a valid "
+                                f"{getattr(convert, '__name__', 'value')}") from None
+        if dest in GT_KEYS:
+            extra[dest] = value
         elif getattr(args, dest) == parser.get_default(dest):
             if dest == "categories" and isinstance(value, list):
                 value = ",".join(map(str, value))

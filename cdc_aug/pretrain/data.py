@@ -35,7 +35,7 @@ def load_photos(files: list[Path], max_side: int) -> list[np.ndarray]:
                 im = im.convert("RGB")
                 im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
                 photos.append(np.asarray(im).copy())
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise UserError(f"{f}: not a readable image ({e})") from e
     return photos
 
