@@ -149,28 +149,34 @@ def test_bad_folders(tmp_path):
 
 
 def test_experiment_plans_real_test_domains(tmp_path):
-    from cdc_aug.experiment import plan
+    import yaml
 
-    cfg = {"name": "x", "data_root": str(tmp_path / "d"), "runs_root": str(tmp_path / "r"),
-           "render": {"size": 64}, "generate": {"t_in": [0.5], "copy_paste": False},
-           "eval": {"views": [0], "categories": ["chair"],
-                    "extra_domains": {"pix3d": "pix3d:/data/Pix3D", "photos": "images:/data/sofas"}}}
-    stages = plan(cfg)
+    from cdc_aug.experiment import load_experiment, plan
+
+    def planned(ev: dict):
+        cfg = {"name": "x", "data_root": str(tmp_path / "d"), "runs_root": str(tmp_path / "r"),
+               "render": {"size": 64}, "generate": {"t_in": [0.5], "copy_paste": False}, "eval": ev}
+        path = tmp_path / "x.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return plan(load_experiment(path))
+
+    stages = planned({"views": [0], "categories": "chair", "camera_args": ["--trainer.max_epochs", "2"],
+                      "extra_domains": {"pix3d": "pix3d:/data/Pix3D", "photos": "images:/data/sofas"}})
     names = [s.name for s in stages]
     assert names.index("train camera") < names.index("eval svr-clean")
+    cam = next(s for s in stages if s.name == "train camera")
+    assert cam.argv[-2:] == ["--trainer.max_epochs", "2"]
     ev = next(s for s in stages if s.name == "eval svr-clean")
-    data = ev.argv[ev.argv.index("--data") + 1:ev.argv.index("--split")]
+    data = ev.argv[ev.argv.index("--data") + 1:ev.argv.index("--out")]
     assert data[-2:] == ["pix3d:/data/Pix3D", "images:/data/sofas"]
     assert ev.argv[ev.argv.index("--camera-ckpt") + 1] == str(tmp_path / "r" / "camera" / "checkpoints" / "last.ckpt")
-    assert ev.argv[ev.argv.index("--camera") + 1] == "gt" and ev.argv[ev.argv.index("--categories") + 1] == "chair"
-    assert ev.argv[ev.argv.index("--crop-size") + 1] == "64"
+    assert ev.argv[ev.argv.index("--categories") + 1] == "chair" and ev.argv[ev.argv.index("--crop-size") + 1] == "64"
     assert str(ev.output).endswith("svr-clean__photos")
-    # Pix3D alone has cameras: no estimator
-    cfg["eval"]["extra_domains"] = {"pix3d": "pix3d:/data/Pix3D"}
-    assert "train camera" not in [s.name for s in plan(cfg)]
-    cfg["eval"]["extra_domains"] = {"clean": "pix3d:/x"}
-    with pytest.raises(UserError, match="already has a domain"):
-        plan(cfg)
-    cfg["eval"]["extra_domains"] = {"p": "/data/Pix3D"}
+    # Pix3D alone has cameras: no estimator; a given estimator is used as it is
+    assert "train camera" not in [s.name for s in planned({"extra_domains": {"pix3d": "pix3d:/data/Pix3D"}})]
+    stages = planned({"camera": "predicted", "camera_ckpt": "cam.ckpt", "extra_domains": {"p": "pix3d:/x"}})
+    assert "train camera" not in [s.name for s in stages]
+    with pytest.raises(UserError, match="clean used twice"):
+        planned({"extra_domains": {"clean": "pix3d:/x"}})
     with pytest.raises(UserError, match="expected 'pix3d:ROOT' or 'images:DIR'"):
-        plan(cfg)
+        planned({"extra_domains": {"p": "/data/Pix3D"}})
