@@ -194,6 +194,7 @@ def prepare(root: str | Path, cache_dir: str | Path | None = None, categories=No
     Mesh R-CNN split (e.g. its S1 test set), instead of the occlusion filter alone."""
     from tqdm import tqdm
 
+    from render.api import GT_VERSION
     from render.meshes import ShapeError
 
     root = Path(root)
@@ -205,7 +206,7 @@ def prepare(root: str | Path, cache_dir: str | Path | None = None, categories=No
     cache = real.cache_root(root, cache_dir)
     config = {"source": f"pix3d:{root.resolve()}", "pix3d_json_sha256": real.file_digest(root / "pix3d.json"),
               "categories": wanted, "crop_size": size, "crop_scale": real.CROP_SCALE, "keep_occluded": keep_occluded,
-              "seed": seed, "gt": GT_POINTS, "model_rotation": MODEL_ROTATION.tolist(),
+              "seed": seed, "gt": GT_POINTS, "gt_version": GT_VERSION, "model_rotation": MODEL_ROTATION.tolist(),
               "split": sorted(split) if split else None}
     out = real.variant_dir(cache, "pix3d", config)
     if real.is_prepared(out):
