@@ -3,7 +3,7 @@
 Each subcommand lives in ``cdc_aug/commands/<name>.py`` and defines ``register(sub)``,
 which adds its parser and sets ``func``. Heavy imports (torch, diffusers, pyrender)
 happen inside the ``func``s so that ``cdc-aug --help`` answers at once.
-``train`` hands its arguments to LightningCLI unchanged.
+``train`` and ``train-camera`` hand their arguments to LightningCLI unchanged.
 """
 
 from __future__ import annotations
@@ -22,11 +22,14 @@ COMMANDS = [
     ("composite", "masked ILVR on one image: object immersion, scribble editing, sweeps"),
     ("pretrain", "train a small pixel-space diffusion model (the bundled default)"),
     ("train", "train the D2IM-Net-style SVR model (LightningCLI; see `cdc-aug train --help`)"),
+    ("train-camera", "train the camera estimator for images without a camera (LightningCLI, as `train`)"),
     ("eval", "Chamfer-L1 / F-score / normal consistency / IoU of a trained model"),
     ("report", "markdown + HTML report over eval runs"),
     ("experiment", "run a whole experiment (render -> generate -> train -> eval -> report)"),
     ("verify", "check a stage's shards: presence, sha256, unique keys, required fields"),
 ]
+# LightningCLI entries: their arguments go to LightningCLI unchanged
+LIGHTNING_COMMANDS = {"train": "train_svr.cli", "train-camera": "cdc_aug.commands.train_camera"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS:
-        if name == "train":
+        if name in LIGHTNING_COMMANDS:
             sub.add_parser(name, help=help_text, add_help=False)
             continue
         try:
@@ -53,13 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":
-        from train_svr.cli import main as train_main
-
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        train_main = importlib.import_module(LIGHTNING_COMMANDS[argv[0]]).main
         try:
             return train_main(argv[1:]) or 0
         except UserError as e:
-            print(f"cdc-aug train: error: {e}", file=sys.stderr)
+            print(f"cdc-aug {argv[0]}: error: {e}", file=sys.stderr)
             return 2
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -19,7 +19,10 @@ The experiment file (configs/experiments/*.yaml)::
       ood-photos: {mode: copy-paste, backgrounds: configs/backgrounds/heldout_photos.txt}
       ood-xt050: {t_in: 0.5, space: xt}
     train: {config: configs/train/tiny.yaml, args: [...]}
-    eval:  {...}            # `cdc-aug eval` options
+    eval:  {...}            # `cdc-aug eval` options, plus real photographs as test-only domains
+                            #   (eval/real.py) and the camera estimator trained for them:
+                            #   extra_domains: {pix3d: "pix3d:/data/Pix3D", photos: "images:/data/photos"}
+                            #   camera_config: configs/train/camera_tiny.yaml   camera_args: [...]
 
 Every key of ``render``, ``generate``, ``test_domains.*`` and ``eval`` is checked against
 the options of the command it is handed to, so a typo is a one-line error before any work,
@@ -55,7 +58,8 @@ OWN_OPTIONS = {
 }
 # Keys of the file's sections that are not command options.
 EXTRA_KEYS = {"generate": {"t_in", "copy_paste", "backgrounds"}, "train": {"config", "args", "mix_clean"},
-              "test_domain": {"mode", "t_in", "backgrounds"}}
+              "test_domain": {"mode", "t_in", "backgrounds"},
+              "eval": {"extra_domains", "camera_config", "camera_args"}}
 DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,40}")
 
 
@@ -147,7 +151,7 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: name {cfg['name']!r}: use letters, digits, - and _")
     _check_keys(f"{path}: render", cfg["render"], "render")
     _check_keys(f"{path}: generate", cfg["generate"], "generate", EXTRA_KEYS["generate"])
-    _check_keys(f"{path}: eval", cfg["eval"], "eval")
+    _check_keys(f"{path}: eval", cfg["eval"], "eval", EXTRA_KEYS["eval"])
     unknown = sorted(set(cfg["train"]) - EXTRA_KEYS["train"])
     if unknown:
         raise UserError(f"{path}: train: unknown key(s) {', '.join(unknown)} "
@@ -186,6 +190,7 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         if mode == "ilvr" and "t_in" not in d:
             raise UserError(f"{path}: test_domains.{name}: an ilvr domain needs t_in")
         names.append(str(name))
+    names += list(real_domains(cfg["eval"], f"{path}: eval.extra_domains"))
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise UserError(f"{path}: domain name(s) {', '.join(dup)} used twice (training sets are named clean, "
@@ -205,6 +210,19 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
                 raise UserError(f"{path}: test_domains.{name}: held-out photo {shared[0][0]} is also a copy-paste "
                                 f"training background ({shared[0][1]}); {len(shared)} shared in all")
     return cfg
+
+
+def real_domains(e: dict, where: str = "eval.extra_domains") -> dict[str, str]:
+    """``eval.extra_domains``: test-only real photographs, ``{name: "pix3d:ROOT" | "images:DIR"}``."""
+    out = {}
+    for name, spec in (e.get("extra_domains") or {}).items():
+        if not DOMAIN_NAME.fullmatch(str(name)):
+            raise UserError(f"{where}: name {name!r}: use letters, digits and - (at most 41)")
+        if not (isinstance(spec, str) and spec.split(":", 1)[0] in ("pix3d", "images") and spec.split(":", 1)[-1]
+                and ":" in spec):
+            raise UserError(f"{where}.{name}: expected 'pix3d:ROOT' or 'images:DIR', got {spec!r}")
+        out[str(name)] = spec
+    return out
 
 
 def plan(cfg: dict[str, Any]) -> list[Stage]:
@@ -271,12 +289,32 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
             stages.append(Stage(f"train {run_name}", argv, run_dir, last, resume_argv=["--ckpt_path", str(last)]))
             models[run_name] = last
 
+    # Test-only real photographs (eval.extra_domains, eval/real.py). Photos have no camera: a
+    # camera estimator is trained on the clean renders for them (and for every domain with
+    # eval: {camera: predicted}) unless eval.camera_ckpt names one.
+    test_data = {dom: str(path) for dom, path in domains.items()}
+    eval_flags = _flags("eval", e)
+    real = real_domains(e)
+    if real:
+        test_data.update(real)
+        eval_flags += ["--cache-dir", str(data / "real")] if "cache_dir" not in e else []
+        eval_flags += ["--crop-size", str(r.get("size", 224))] if "crop_size" not in e else []
+    needs_camera = e.get("camera") == "predicted" or any(v.startswith("images:") for v in real.values())
+    if needs_camera and not e.get("camera_ckpt"):
+        cam_last = runs / "camera" / "checkpoints" / "last.ckpt"
+        stages.append(Stage("train camera", ["train-camera", "--config", str(e.get("camera_config",
+                                                                                    "configs/train/camera_tiny.yaml")),
+                                             "--seed_everything", str(seed), "--runs_dir", str(runs), "--name",
+                                             "camera", "--data.shards", str(renders),
+                                             *[str(a) for a in e.get("camera_args", [])]],
+                            runs / "camera", cam_last, resume_argv=["--ckpt_path", str(cam_last)]))
+        eval_flags += ["--camera-ckpt", str(cam_last)]
+
     # One eval stage per model: the model is loaded once and scored on every test domain.
     eval_dirs = []
-    eval_flags = _flags("eval", e)
     for model, ckpt in models.items():
-        outs = [runs / "eval" / f"{model}__{dom}" for dom in domains]
-        argv = ["eval", "--ckpt", str(ckpt), "--data", *map(str, domains.values()), "--out", *map(str, outs),
+        outs = [runs / "eval" / f"{model}__{dom}" for dom in test_data]
+        argv = ["eval", "--ckpt", str(ckpt), "--data", *test_data.values(), "--out", *map(str, outs),
                 "--no-progress", *eval_flags]
         stages.append(Stage(f"eval {model}", argv, outs[-1], outs[-1] / "summary.json"))
         eval_dirs += [str(o) for o in outs]

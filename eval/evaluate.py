@@ -49,6 +49,7 @@ PER_VIEW = "per_view.csv"
 SAMPLES = "samples"
 
 ReconstructFn = Callable[[np.ndarray, dict], "object"]
+CameraFn = Callable[[str, np.ndarray, "dict | None"], dict]
 
 
 @dataclass
@@ -134,7 +135,7 @@ def select(data_dir: str | os.PathLike, split: str = "test", views: list[int] | 
                             f"--views: {root} has no samples in split {split!r}")
     if not sel.items:
         raise UserError(f"{root}: no samples of split {split!r} in its shards")
-    if check_ground_truth:
+    if check_ground_truth and index.get("ground_truth", True):  # photo folders have none (eval.photos)
         sel.shapes_root = shapes_dir(root)
         missing = []
         for shape in sorted({split_of_key(k) for k in sel.keys}):
@@ -237,12 +238,16 @@ def _save_sample(out: Path, key: str, image: np.ndarray, mesh, camera: dict, sil
 def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir: str | os.PathLike,
              split: str = "test", views: list[int] | None = None, n_points: int = 100_000, save_meshes: int = 4,
              progress: bool = True, identity: dict | None = None, seed: int = 0,
-             config: dict | None = None) -> dict:
+             config: dict | None = None, camera_fn: CameraFn | None = None) -> dict:
     """Score ``reconstruct_fn(image HxWx3 uint8, camera dict) -> trimesh.Trimesh`` on the
     ``split`` views of ``data_dir``; returns the summary (also written to summary.json).
 
     ``identity``: extra entries for summary.json (checkpoint, model name, training data).
-    ``config``: extra entries for config.yaml (the command's own flags)."""
+    ``config``: extra entries for config.yaml (the command's own flags).
+    ``camera_fn(key, image, stored camera or None) -> camera``: the camera to reconstruct
+    and draw the silhouette with instead of the stored one (a camera estimator's).
+    A data directory without ground-truth shapes (index.json ``ground_truth: false``)
+    gets NaN 3D metrics: only its 2D IoU is scored."""
     if n_points < 1:
         raise UserError(f"--points: must be >= 1, got {n_points}")
     sel = select(data_dir, split, views)
@@ -251,11 +256,12 @@ def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir
         raise UserError(f"--out: {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "cdc-aug eval"):
-        return _evaluate(sel, reconstruct_fn, out, split, n_points, save_meshes, progress, identity, seed, config)
+        return _evaluate(sel, reconstruct_fn, out, split, n_points, save_meshes, progress, identity, seed, config,
+                         camera_fn)
 
 
 def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: int, save_meshes: int,
-              progress: bool, identity: dict | None, seed: int, config: dict | None) -> dict:
+              progress: bool, identity: dict | None, seed: int, config: dict | None, camera_fn=None) -> dict:
     from tqdm import tqdm
 
     from cdc_aug.samples import decode_sample
@@ -287,10 +293,12 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
                 synset, model_id = key.rsplit("_", 1)[0].split("_", 1)
                 try:  # the input's own faults: recorded in failures.jsonl, the view skipped
                     s = decode_sample(raw, ["image.png", "rgba.png", "mask.png", "camera.json", "meta.json"])
-                    meta, camera = s["meta.json"], s["camera.json"]
+                    meta, camera = s["meta.json"], s.get("camera.json")
                     image = input_image(s)
+                    if camera_fn is not None:
+                        camera = camera_fn(key, image, camera)
                     camera_tensors(camera, image.shape[:2], image.shape[0])  # NaN/inf or malformed K, RT
-                    g = gt.get(synset, model_id)
+                    g = gt.get(synset, model_id) if sel.shapes_root is not None else None
                 except (ValueError, KeyError, TypeError, OSError) as e:
                     if is_stage_error(e):
                         raise
@@ -300,8 +308,12 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
                     continue
                 t0 = time.perf_counter()
                 mesh = reconstruct_fn(image, camera)
-                m = mesh_metrics(mesh, g["surface_points"], g["surface_normals"], g["occ_points"], g["occ_labels"],
-                                 n_points=n_points, seed=derive_seed(seed, key) % (2**31))
+                if g is None:  # no ground truth: 2D IoU only
+                    m = {c: float("nan") for c in [*METRICS, "chamfer_l2"]}
+                    m["empty"] = is_empty(mesh)
+                else:
+                    m = mesh_metrics(mesh, g["surface_points"], g["surface_normals"], g["occ_points"],
+                                     g["occ_labels"], n_points=n_points, seed=derive_seed(seed, key) % (2**31))
                 m["iou_2d"] = silhouette_iou(mesh, camera, s["mask.png"], sil)
                 row = {"key": key, "synset": meta.get("synset", synset), "category": meta.get("category", synset),
                        "model_id": meta.get("model_id", model_id), "view": int(meta.get("view", view_of(key))),
@@ -336,8 +348,9 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
     summary = _json_safe(summary)
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=1, sort_keys=True) + "\n")
     o = summary["overall"]
-    log.info("%s: %d views, chamfer_l1 %.4f, fscore@0.01 %.3f, iou_3d %.3f, iou_2d %.3f", sel.root, o["n_views"],
-             o["chamfer_l1"], o["fscore@0.01"], o["iou_3d"], o["iou_2d"])
+    scores = [f"{k} {o[k]:{'.4f' if k == 'chamfer_l1' else '.3f'}}" for k in ("chamfer_l1", "fscore@0.01", "iou_3d",
+                                                                          "iou_2d") if o[k] is not None]
+    log.info("%s: %d views, %s", sel.root, o["n_views"], ", ".join(scores))  # no 3D scores without ground truth
     return summary
 
 

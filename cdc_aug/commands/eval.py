@@ -12,8 +12,9 @@ def register(sub, help_text: str) -> None:
         "samples/ (inputs next to renders of their reconstructions) into --out."))
     p.add_argument("--ckpt", required=True, help="a `cdc-aug train` checkpoint (.ckpt)")
     p.add_argument("--data", required=True, nargs="+",
-                   help="a render directory or a generate run (index.json, splits.json); several: the model is "
-                        "loaded once and each is evaluated into the matching --out")
+                   help="a render directory or a generate run (index.json, splits.json), pix3d:ROOT (a Pix3D copy) "
+                        "or images:DIR (photos + NAME_mask.png); several: the model is loaded once and each is "
+                        "evaluated into the matching --out")
     p.add_argument("--split", default="test", help="split of splits.json to evaluate (default: test)")
     p.add_argument("--views", help="comma-separated view indices (default: every view)")
     p.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (default: 128)")
@@ -25,6 +26,19 @@ def register(sub, help_text: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="surface sampling seed (default: 0)")
     p.add_argument("--out", required=True, nargs="+", help="output directory, one per --data")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    real = p.add_argument_group("real photographs (pix3d:ROOT, images:DIR; see eval/real.py)")
+    real.add_argument("--camera", choices=("gt", "predicted"), default="gt",
+                      help="camera to reconstruct with: the data's own (gt, default) or the estimator's (predicted); "
+                           "data without cameras (images:DIR) always use the estimator")
+    real.add_argument("--camera-ckpt", help="a `cdc-aug train-camera` checkpoint, for predicted cameras")
+    real.add_argument("--categories", help="Pix3D categories to evaluate, comma-separated (default: all)")
+    real.add_argument("--keep-occluded", action="store_true",
+                      help="keep Pix3D images marked truncated, occluded or slightly occluded (default: excluded)")
+    real.add_argument("--pix3d-split", help="only the images of a Mesh R-CNN Pix3D split file "
+                                            "(e.g. pix3d_s1_test.json; add --keep-occluded to match its protocol)")
+    real.add_argument("--crop-size", type=int, default=224, help="side of the square object crops (default: 224)")
+    real.add_argument("--cache-dir", help="where converted real data and Pix3D ground truth are kept "
+                                          "(default: ROOT/.cdc-aug)")
     p.set_defaults(func=run)
 
 
@@ -52,14 +66,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--save-meshes: must be >= 0, got {args.save_meshes}")
     views = parse_views(args.views)
 
-    from eval.evaluate import evaluate, select
+    from eval.evaluate import domain_of, evaluate, select
     from eval.identity import model_identity
 
     if len(args.data) != len(args.out):
         raise UserError(f"--out: {len(args.out)} directories for {len(args.data)} --data directories")
-    # Every input checked before the model is loaded and the first view is reconstructed.
-    for data in args.data:
-        select(data, args.split, views)
+    # Every input checked (real data converted) before the model is loaded and the first
+    # view is reconstructed.
+    sources = [prepare_data(d, args) for d in args.data]
+    cameras, data_views = [], []
+    for data in sources:
+        # --views picks render views; a real photo is one view of its own
+        data_views.append(None if is_real(data) else views)
+        sel = select(data, args.split, data_views[-1])
+        cameras.append("predicted" if args.camera == "predicted" or sel.index.get("cameras") is False else "gt")
+        if cameras[-1] == "predicted" and not args.camera_ckpt:
+            raise UserError(f"--camera-ckpt: {data} has no cameras" if args.camera == "gt" else
+                            "--camera-ckpt: required with --camera predicted (a `cdc-aug train-camera` checkpoint)")
     import torch
 
     from train_svr.inference import load_model, reconstruct
@@ -70,19 +93,106 @@ def run(args: argparse.Namespace) -> int:
     elif device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available")
     model = load_model(ckpt, device=device)
+    estimator = None
+    if "predicted" in cameras:
+        from train_svr.camera import load_estimator
+
+        estimator = load_estimator(args.camera_ckpt, device=device)
 
     def reconstruct_fn(image, camera):
         return reconstruct(model, image, camera, resolution=args.resolution, chunk=args.chunk)
 
     config = {"ckpt": str(ckpt.resolve()), "resolution": args.resolution, "chunk": args.chunk, "device": device}
     identity = {**model_identity(ckpt), "resolution": args.resolution}
-    for data, out in zip(args.data, args.out):
-        summary = evaluate(data, reconstruct_fn, out, split=args.split, views=views, n_points=args.points,
+    for spec, data, out, cam, dviews in zip(args.data, sources, args.out, cameras, data_views):
+        extra, camera_fn = source_identity(spec, data), None
+        if cam == "predicted":
+            sel = select(data, args.split, dviews)
+            preds, errors = predict_cameras(estimator, sel)
+            camera_fn = lambda key, image, stored, preds=preds: preds[key]  # noqa: E731
+            extra.update(camera_ckpt=str(Path(args.camera_ckpt).resolve()), **errors)
+            if sel.index.get("cameras", True):  # a domain with cameras seen through predicted ones is another test
+                extra["domain"] = f"{domain_of(sel.index)['domain']}, predicted camera"
+        summary = evaluate(data, reconstruct_fn, out, split=args.split, views=dviews, n_points=args.points,
                            save_meshes=args.save_meshes, progress=not args.no_progress, seed=args.seed,
-                           identity=identity, config=config)
+                           identity={**identity, **extra, "camera": cam},
+                           config={**config, "data": spec, "camera": cam, "camera_ckpt": args.camera_ckpt},
+                           camera_fn=camera_fn)
         o = summary["overall"]
+        scores = (f"chamfer_l1 {o['chamfer_l1']:.4f}  fscore@0.01 {o['fscore@0.01']:.3f}  normal_consistency "
+                  f"{o['normal_consistency']:.3f}  iou_3d {o['iou_3d']:.3f}  " if o["chamfer_l1"] is not None else "")
+        notes = f", {summary['n_skipped']} skipped" if summary.get("n_skipped") else ""
+        if cam == "predicted" or summary.get("real"):
+            notes += f", {cam} camera"
         print(f"{summary['model']} on {summary['domain']} ({summary['split']}, {o['n_views']} views of "
-              f"{o['n_shapes']} shapes): chamfer_l1 {o['chamfer_l1']:.4f}  fscore@0.01 {o['fscore@0.01']:.3f}  "
-              f"normal_consistency {o['normal_consistency']:.3f}  iou_3d {o['iou_3d']:.3f}  iou_2d {o['iou_2d']:.3f}")
+              f"{o['n_shapes']} shapes{notes}): {scores}iou_2d {o['iou_2d']:.3f}")
+        if "camera_rot_err_deg" in summary:
+            print(f"camera estimator on {summary['domain']}: rotation error {summary['camera_rot_err_deg']:.1f} deg "
+                  f"(median {summary['camera_rot_err_deg_median']:.1f}), translation error "
+                  f"{summary['camera_trans_err']:.3f}")
         print(f"wrote {Path(out) / 'summary.json'}")
     return 0
+
+
+def prepare_data(spec: str, args: argparse.Namespace) -> Path:
+    """The stage directory of one --data value: itself, or real data converted (eval.real)."""
+    from eval.real import parse_data
+
+    kind, path = parse_data(spec)
+    if kind == "pix3d":
+        from eval.pix3d import prepare
+
+        return prepare(path, args.cache_dir, args.categories, args.crop_size, args.keep_occluded, args.seed,
+                       progress=not args.no_progress, split_file=args.pix3d_split)
+    if args.categories and not any(parse_data(d)[0] == "pix3d" for d in args.data):
+        raise UserError("--categories: only applies to pix3d:ROOT data")
+    if kind == "images":
+        from eval.photos import prepare
+
+        return prepare(path, args.cache_dir, args.crop_size, progress=not args.no_progress)
+    return path
+
+
+def is_real(data: Path) -> bool:
+    """True for a stage directory converted from real photographs."""
+    from cdc_aug.shards import read_index
+
+    return bool(read_index(data).get("real"))
+
+
+def source_identity(spec: str, data: Path) -> dict:
+    """summary.json entries saying what a --data value was: ``real`` and, for real data,
+    its source and the items skipped in converting it."""
+    from cdc_aug.shards import read_index
+    from eval.real import skipped
+
+    index = read_index(data)
+    if not index.get("real"):
+        return {"real": False}
+    return {"real": True, "source": spec, "excluded": index.get("excluded"), **skipped(data)}
+
+
+def predict_cameras(estimator, sel) -> tuple[dict, dict]:
+    """The estimator's camera for every selected view, and its errors against the stored
+    cameras where there are some (summary.json: camera_rot_err_deg, camera_trans_err)."""
+    import numpy as np
+
+    from cdc_aug.samples import decode_sample
+    from cdc_aug.shards import iter_tar_samples
+    from train_svr.camera import camera_errors
+    from train_svr.data import input_image
+
+    preds, errs = {}, []
+    for path, keys in sel.items.items():
+        want = set(keys)
+        for raw in iter_tar_samples(path):
+            if raw["__key__"] in want:
+                s = decode_sample(raw, ["image.png", "rgba.png", "camera.json"])
+                preds[raw["__key__"]] = estimator.predict_camera(input_image(s))
+                if "camera.json" in s:
+                    errs.append(camera_errors(preds[raw["__key__"]], s["camera.json"]))
+    if not errs:
+        return preds, {}
+    rot = np.array([e["rot_err_deg"] for e in errs])
+    return preds, {"camera_rot_err_deg": float(rot.mean()), "camera_rot_err_deg_median": float(np.median(rot)),
+                   "camera_trans_err": float(np.mean([e["trans_err"] for e in errs]))}
