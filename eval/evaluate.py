@@ -198,18 +198,27 @@ def summarize(rows: list[dict]) -> dict:
     return {"overall": block(rows), "per_category": {c: block(rs) for c, rs in sorted(cats.items())}}
 
 
+GT_FIELDS = ("surface_points", "surface_normals", "occ_points", "occ_labels")
+
+
 class _GroundTruth:
-    """The shape file of the shape being evaluated (views of a shape are adjacent)."""
+    """The ground truth of the shape being evaluated (views of a shape are adjacent, so one
+    shape is held): the shape file's metric datasets (not its SDF samples) and a KD-tree
+    of its surface points, built once per shape instead of once per view."""
 
     def __init__(self, root: Path):
         self.root, self.key, self.data = root, None, None
 
     def get(self, synset: str, model_id: str) -> dict:
-        from render.groundtruth import read
+        import h5py
+        from scipy.spatial import cKDTree
 
         key = (synset, model_id)
         if key != self.key:
-            self.data, self.key = read(shape_file(self.root, synset, model_id)), key
+            with h5py.File(shape_file(self.root, synset, model_id), "r") as f:
+                data = {name: f[name][()] for name in GT_FIELDS}
+            data["tree"] = cKDTree(np.asarray(data["surface_points"], dtype=np.float64))
+            self.data, self.key = data, key
         return self.data
 
 
@@ -284,7 +293,7 @@ def evaluate(data_dir: str | os.PathLike, reconstruct_fn: ReconstructFn, out_dir
                 mesh = reconstruct_fn(image, camera)
                 g = gt.get(synset, model_id)
                 m = mesh_metrics(mesh, g["surface_points"], g["surface_normals"], g["occ_points"], g["occ_labels"],
-                                 n_points=n_points, seed=derive_seed(seed, key) % (2**31))
+                                 n_points=n_points, seed=derive_seed(seed, key) % (2**31), gt_tree=g["tree"])
                 m["iou_2d"] = silhouette_iou(mesh, camera, s["mask.png"], sil)
                 row = {"key": key, "synset": meta.get("synset", synset), "category": meta.get("category", synset),
                        "model_id": meta.get("model_id", model_id), "view": int(meta.get("view", view_of(key))),
