@@ -12,7 +12,7 @@ per-view seconds: imports, model load, sample decoding and saving), and the rati
     .venv/bin/python bench/eval_speed.py ... --baseline none      # this tree only
     .venv/bin/python bench/eval_speed.py ... --check              # dense vs coarse-to-fine meshes
 
-``--baseline`` is any git revision (default: main), exported with ``git archive`` into a
+``--baseline`` is any git revision (default: git merge-base HEAD main), exported with ``git archive`` into a
 temporary directory; ``--threads`` sets OMP_NUM_THREADS of the eval processes.
 """
 
@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def export_tree(rev: str, dest: Path) -> Path:
+    dest.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
@@ -104,12 +105,16 @@ def main() -> int:
     ap.add_argument("--ckpt", default="runs/smoke/svr-clean/checkpoints/last.ckpt")
     ap.add_argument("--configs", default="48:20000,32:10000", help="resolution:points, comma-separated")
     ap.add_argument("--views", default="0,9,18,27")
-    ap.add_argument("--baseline", default="main", help="git revision to compare with, or 'none'")
+    ap.add_argument("--baseline", help="git revision to compare with, or 'none' (default: where this branch left "
+                                       "main, git merge-base HEAD main)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the eval processes (default: inherited)")
     ap.add_argument("--check", action="store_true", help="compare dense and coarse-to-fine meshes instead")
     args = ap.parse_args()
     data, ckpt = Path(args.data).resolve(), Path(args.ckpt).resolve()
+    if args.baseline is None:
+        args.baseline = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True,
+                                       text=True, check=True).stdout.strip()[:10]
     if args.check:
         for cfg in args.configs.split(","):
             check(data, ckpt, int(cfg.split(":")[0]), [int(v) for v in args.views.split(",")])
