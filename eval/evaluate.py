@@ -36,7 +36,7 @@ from cdc_aug.layout import read_splits, shape_file, shapes_dir, split_of_key
 from cdc_aug.runinfo import derive_seed, write_config
 from cdc_aug.shards import read_index, shard_paths
 
-from .metrics import is_empty, mesh_metrics
+from .metrics import is_empty, mesh_metrics, spatial_order
 from .silhouette import Silhouettes, silhouette_iou
 
 log = logging.getLogger(__name__)
@@ -203,8 +203,8 @@ GT_FIELDS = ("surface_points", "surface_normals", "occ_points", "occ_labels")
 
 class _GroundTruth:
     """The ground truth of the shape being evaluated (views of a shape are adjacent, so one
-    shape is held): the shape file's metric datasets (not its SDF samples) and a KD-tree
-    of its surface points, built once per shape instead of once per view."""
+    shape is held): the shape file's metric datasets (not its SDF samples), its surface
+    points in spatial order and their KD-tree, built once per shape instead of once per view."""
 
     def __init__(self, root: Path):
         self.root, self.key, self.data = root, None, None
@@ -217,6 +217,10 @@ class _GroundTruth:
         if key != self.key:
             with h5py.File(shape_file(self.root, synset, model_id), "r") as f:
                 data = {name: f[name][()] for name in GT_FIELDS}
+            # surface points (with their normals) in Z-order: faster KD-tree queries
+            order = spatial_order(data["surface_points"])
+            data["surface_points"], data["surface_normals"] = data["surface_points"][order], \
+                data["surface_normals"][order]
             data["tree"] = cKDTree(np.asarray(data["surface_points"], dtype=np.float64))
             self.data, self.key = data, key
         return self.data
