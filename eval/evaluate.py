@@ -36,7 +36,7 @@ from cdc_aug.runinfo import derive_seed, output_lock, write_config
 from cdc_aug.safeio import atomic_write_text, commit, is_stage_error
 from cdc_aug.shards import ShardDamaged, check_shard, read_index, sidecar_keys, verified_samples
 
-from .metrics import is_empty, mesh_metrics
+from .metrics import is_empty, mesh_metrics, spatial_order
 from .silhouette import Silhouettes, silhouette_iou
 
 log = logging.getLogger(__name__)
@@ -196,21 +196,35 @@ def summarize(rows: list[dict]) -> dict:
     return {"overall": block(rows), "per_category": {c: block(rs) for c, rs in sorted(cats.items())}}
 
 
+
+
 class _GroundTruth:
-    """The shape file of the shape being evaluated (views of a shape are adjacent)."""
+    """The ground truth of the shape being evaluated (views of a shape are adjacent, so one
+    shape is held): the shape file's metric datasets (not its SDF samples), its surface
+    points in spatial order and their KD-tree, built once per shape instead of once per view."""
 
     def __init__(self, root: Path, digests: dict | None = None):
         self.root, self.key, self.data = root, None, None
         self.digests = digests or {}
 
     def get(self, synset: str, model_id: str) -> dict:
+        from scipy.spatial import cKDTree
+
         from render.groundtruth import read
 
         key = (synset, model_id)
         if key != self.key:
             self.data, self.key = None, key
-            self.data = read(shape_file(self.root, synset, model_id), synset, model_id,
-                             self.digests.get(f"{synset}_{model_id}"), check=True)
+            data = read(shape_file(self.root, synset, model_id), synset, model_id,
+                        self.digests.get(f"{synset}_{model_id}"), check=True)
+            if data is not None:
+                data = dict(data)
+                # surface points (with their normals) in Z-order: faster KD-tree queries
+                order = spatial_order(data["surface_points"])
+                data["surface_points"], data["surface_normals"] = data["surface_points"][order], \
+                    data["surface_normals"][order]
+                data["tree"] = cKDTree(np.asarray(data["surface_points"], dtype=np.float64))
+            self.data = data
         if self.data is None:
             raise ValueError(f"{shape_file(self.root, synset, model_id)}: unusable (see the first failure)")
         return self.data
@@ -313,7 +327,8 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
                     m["empty"] = is_empty(mesh)
                 else:
                     m = mesh_metrics(mesh, g["surface_points"], g["surface_normals"], g["occ_points"],
-                                     g["occ_labels"], n_points=n_points, seed=derive_seed(seed, key) % (2**31))
+                                     g["occ_labels"], n_points=n_points, seed=derive_seed(seed, key) % (2**31),
+                                     gt_tree=g["tree"])
                 m["iou_2d"] = silhouette_iou(mesh, camera, s["mask.png"], sil)
                 row = {"key": key, "synset": meta.get("synset", synset), "category": meta.get("category", synset),
                        "model_id": meta.get("model_id", model_id), "view": int(meta.get("view", view_of(key))),

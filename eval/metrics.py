@@ -83,9 +83,23 @@ def empty_scores(thresholds=THRESHOLDS, with_normals: bool = True) -> dict:
     return out
 
 
-def point_metrics(pred_points, pred_normals, gt_points, gt_normals, thresholds=THRESHOLDS) -> dict:
+def spatial_order(points: np.ndarray, bits: int = 10) -> np.ndarray:
+    """A permutation that sorts ``points`` (unit-cube coordinates) along a Z-order (Morton)
+    curve. KD-tree queries issued in this order reuse the tree nodes just visited: 1.3-1.7x
+    faster on 20k x 100k queries. Metrics are means over all points, so order is free."""
+    q = np.clip(((np.asarray(points) + 0.55) / 1.1 * (1 << bits)).astype(np.int64), 0, (1 << bits) - 1)
+    code = np.zeros(len(q), dtype=np.int64)
+    for b in range(bits):
+        for a in range(3):
+            code |= ((q[:, a] >> b) & 1) << (3 * b + a)
+    return np.argsort(code, kind="stable")
+
+
+def point_metrics(pred_points, pred_normals, gt_points, gt_normals, thresholds=THRESHOLDS,
+                  gt_tree: cKDTree | None = None) -> dict:
     """Accuracy, completeness, Chamfer-L1/L2, precision/recall/F-score at each threshold and
     normal consistency between two point sets (normals may be None: consistency is NaN).
+    ``gt_tree``: a cKDTree of ``gt_points`` already built (eval builds one per shape).
 
     Keys: ``accuracy, completeness, chamfer_l1, chamfer_l2, precision@<t>, recall@<t>,
     fscore@<t>, normal_consistency, empty`` with ``<t>`` formatted like ``0.01``.
@@ -97,8 +111,13 @@ def point_metrics(pred_points, pred_normals, gt_points, gt_normals, thresholds=T
     with_normals = pred_normals is not None and gt_normals is not None
     if len(pred) == 0:
         return empty_scores(thresholds, with_normals)
-    # workers=-1: the queries are the whole cost and split cleanly across cores.
-    d_acc, i_acc = cKDTree(gt).query(pred, k=1, workers=-1)
+    order = spatial_order(pred)
+    pred = pred[order]
+    if with_normals:
+        pred_normals = np.asarray(pred_normals)[order]
+    # workers=-1: the queries are the whole cost and split cleanly across cores. The ground
+    # truth is queried in the order it comes in: eval stores it in spatial_order once per shape.
+    d_acc, i_acc = (gt_tree if gt_tree is not None else cKDTree(gt)).query(pred, k=1, workers=-1)
     d_comp, i_comp = cKDTree(pred).query(gt, k=1, workers=-1)
     acc, comp = float(d_acc.mean()), float(d_comp.mean())
     out = {"accuracy": acc, "completeness": comp, "chamfer_l1": 0.5 * (acc + comp),
@@ -141,15 +160,17 @@ def sample_mesh(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarra
 
 
 def mesh_metrics(mesh: trimesh.Trimesh, gt_points, gt_normals, occ_points=None, occ_labels=None,
-                 n_points: int = 100_000, seed: int = 0, thresholds=THRESHOLDS) -> dict:
+                 n_points: int = 100_000, seed: int = 0, thresholds=THRESHOLDS,
+                 gt_tree: cKDTree | None = None) -> dict:
     """``point_metrics`` of ``n_points`` sampled on ``mesh`` against the ground truth, plus
-    ``iou_3d`` when ``occ_points``/``occ_labels`` are given (NaN otherwise)."""
+    ``iou_3d`` when ``occ_points``/``occ_labels`` are given (NaN otherwise). ``gt_tree``:
+    see point_metrics."""
     if is_empty(mesh):
         out = empty_scores(thresholds, gt_normals is not None)
         out["iou_3d"] = EMPTY_SCORES["iou_3d"] if occ_points is not None else float("nan")
         return out
     pts, normals = sample_mesh(mesh, n_points, seed)
-    out = point_metrics(pts, normals, gt_points, gt_normals, thresholds)
+    out = point_metrics(pts, normals, gt_points, gt_normals, thresholds, gt_tree)
     if occ_points is not None and occ_labels is not None:
         out["iou_3d"] = iou(inside(mesh, occ_points), np.asarray(occ_labels) > 0)
     else:

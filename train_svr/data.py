@@ -285,8 +285,20 @@ class ShardStream(IterableDataset):
         w = np.asarray(weights, dtype=np.float64)
         self.weights = w / w.sum()
         self.epoch_samples, self.seed, self.shuffle_buffer = epoch_samples, seed, shuffle_buffer
+        # The epoch lives in shared memory: persistent DataLoader workers (started once per
+        # run, keeping their h5 caches, instead of once per epoch) read the value the main
+        # process sets before each epoch's iterator starts.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.rank, self.world_size, self.epoch = 0, 1, 0
         self.gts = [GroundTruth(s.shapes, digests=s.digests) for s in sets]
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.fill_(int(value))
 
     def slot(self) -> tuple[int, int, int, int]:
         info = get_worker_info()

@@ -95,7 +95,9 @@ class SVRDataModule(L.LightningDataModule):
                             f"{world} rank(s) x {max(self.num_workers, 1)} worker(s) gets per epoch; "
                             "lower it, use fewer workers or raise --data.epoch_samples")
         return EpochLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=True,
-                           pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                           pin_memory=torch.cuda.is_available(),
+                           # workers start once per run, not once per epoch (ShardStream.epoch is shared)
+                           persistent_workers=self.num_workers > 0,
                            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None)
 
     def val_dataloader(self):

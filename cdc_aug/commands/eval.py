@@ -18,7 +18,9 @@ def register(sub, help_text: str) -> None:
     p.add_argument("--split", default="test", help="split of splits.json to evaluate (default: test)")
     p.add_argument("--views", help="comma-separated view indices (default: every view)")
     p.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (default: 128)")
-    p.add_argument("--chunk", type=int, default=65536, help="SDF points per forward pass (default: 65536)")
+    p.add_argument("--chunk", type=int, help="SDF points per forward pass (default: 8192 on CPU, 65536 on GPU)")
+    p.add_argument("--dense", action="store_true",
+                   help="evaluate every grid point instead of refining coarse to fine (same mesh, slower)")
     p.add_argument("--points", type=int, default=100_000, help="points sampled on each mesh (default: 100000)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--save-meshes", type=int, default=4,
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--ckpt: {ckpt} does not exist")
     if args.resolution < 8:
         raise UserError(f"--resolution: must be >= 8, got {args.resolution}")
-    if args.chunk < 1:
+    if args.chunk is not None and args.chunk < 1:
         raise UserError(f"--chunk: must be >= 1, got {args.chunk}")
     if args.save_meshes < 0:
         raise UserError(f"--save-meshes: must be >= 0, got {args.save_meshes}")
@@ -100,9 +102,11 @@ def run(args: argparse.Namespace) -> int:
         estimator = load_estimator(args.camera_ckpt, device=device)
 
     def reconstruct_fn(image, camera):
-        return reconstruct(model, image, camera, resolution=args.resolution, chunk=args.chunk)
+        return reconstruct(model, image, camera, resolution=args.resolution, chunk=args.chunk,
+                           coarse_to_fine=not args.dense)
 
-    config = {"ckpt": str(ckpt.resolve()), "resolution": args.resolution, "chunk": args.chunk, "device": device}
+    config = {"ckpt": str(ckpt.resolve()), "resolution": args.resolution, "chunk": args.chunk, "device": device,
+              "dense": args.dense}
     identity = {**model_identity(ckpt), "resolution": args.resolution}
     for spec, data, out, cam, dviews in zip(args.data, sources, args.out, cameras, data_views):
         extra, camera_fn = source_identity(spec, data), None
