@@ -104,5 +104,5 @@ def test_load_model_builds_the_checkpoint_network_without_lightning(tmp_path):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     bad = tmp_path / "bad.ckpt"
     torch.save({"weights": 1}, bad)
-    with pytest.raises(UserError, match="not a cdc-aug train checkpoint"):
+    with pytest.raises(UserError, match="not a loadable cdc-aug SVR checkpoint"):
         load_model(bad)
