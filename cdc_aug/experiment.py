@@ -350,10 +350,35 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def run_experiment(path: str | Path, dry_run: bool = False, log=print) -> int:
+def after(stage: Stage, stages: list[Stage]) -> set[str]:
+    """The stages ``stage`` needs finished first: render before everything; every generate
+    stage before training (conservative: any training set may mix domains) and before
+    evaluation (every model is scored on every domain); a model's own training (and the
+    camera estimator) before its evaluation; everything before the report."""
+    kind = stage.name.split(" ")[0]
+    names = [s.name for s in stages]
+    gens = {n for n in names if n.startswith("generate ")}
+    if kind == "render":
+        return set()
+    if kind == "generate":
+        return {"render"}
+    if kind == "train":
+        return {"render"} | (set() if stage.name == "train camera" else gens)
+    if kind == "eval":
+        model = stage.name.split(" ", 1)[1]
+        return {"render", f"train {model}"} | gens | ({"train camera"} & set(names))
+    return set(names) - {stage.name}
+
+
+def run_experiment(path: str | Path, dry_run: bool = False, log=print, jobs: int = 1) -> int:
+    """Run (or resume) an experiment; ``jobs`` stages at a time where their dependencies
+    allow (``after``): on a 2-core machine two single-threaded trainings or evaluations
+    side by side use both cores."""
     cfg = load_experiment(path)
     stages = plan(cfg)
     runs = Path(cfg.get("runs_root", f"runs/{cfg['name']}"))
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: must be at least 1")
     if dry_run:
         for s in stages:
             log(f"{'done' if s.is_done(runs) else 'todo'}  {s.name}: cdc-aug {' '.join(s.argv)}")
@@ -362,34 +387,76 @@ def run_experiment(path: str | Path, dry_run: bool = False, log=print) -> int:
     logs = runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     t_all = time.monotonic()
-    timings = []
-    for i, s in enumerate(stages, 1):
-        prefix = f"[{i}/{len(stages)}] {s.name}"
-        if s.is_done(runs):
-            log(f"{prefix}: done before, skipped")
-            try:  # the marker holds the stage's own duration, so timings survive a resume
-                timings.append((s.name, float(s.marker(runs).read_text().split()[0]), "earlier"))
-            except (OSError, ValueError, IndexError):
-                timings.append((s.name, 0.0, "skipped"))
-            continue
-        logfile = logs / (s.name.replace(" ", "_") + ".log")
-        argv = list(s.argv)
-        if s.resume_argv and s.done_file is not None and s.done_file.exists():
-            argv += s.resume_argv
-        t0 = time.monotonic()
-        with open(logfile, "a") as fh:
-            fh.write(f"$ cdc-aug {' '.join(argv)}\n")
-            fh.flush()
-            proc = subprocess.run([sys.executable, "-m", "cdc_aug", *argv], stdout=fh, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        dt = time.monotonic() - t0
-        if proc.returncode != 0 or (s.done_file is not None and not s.done_file.exists()):
-            tail = "".join(logfile.read_text(errors="replace").splitlines(True)[-15:])
-            log(f"{prefix}: FAILED after {dt:.0f}s (exit {proc.returncode}); log {logfile}:\n{tail}")
-            return 1
-        s.marker(runs).write_text(f"{dt:.1f}\n")
-        log(f"{prefix}: ok in {dt:.0f}s -> {s.output}")
-        timings.append((s.name, dt, "ran"))
+    timings: dict[str, tuple[float, str]] = {}
+    number = {s.name: i for i, s in enumerate(stages, 1)}
+    pending = list(stages)
+    running: dict[str, tuple[Stage, subprocess.Popen, float, Any, Path]] = {}
+    finished: set[str] = set()
+
+    def prefix(s: Stage) -> str:
+        return f"[{number[s.name]}/{len(stages)}] {s.name}"
+
+    def stop_all() -> None:
+        for _, p, _, _fh, _ in running.values():
+            p.terminate()
+        for _, p, _, fh, _ in running.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            fh.close()
+
+    try:
+        while pending or running:
+            for s in list(pending):
+                if len(running) >= jobs:
+                    break
+                if not after(s, stages) <= finished:
+                    continue
+                pending.remove(s)
+                if s.is_done(runs):
+                    log(f"{prefix(s)}: done before, skipped")
+                    try:  # the marker holds the stage's own duration, so timings survive a resume
+                        timings[s.name] = (float(s.marker(runs).read_text().split()[0]), "earlier")
+                    except (OSError, ValueError, IndexError):
+                        timings[s.name] = (0.0, "skipped")
+                    finished.add(s.name)
+                    continue
+                logfile = logs / (s.name.replace(" ", "_") + ".log")
+                argv = list(s.argv)
+                if s.resume_argv and s.done_file is not None and s.done_file.exists():
+                    argv += s.resume_argv
+                fh = open(logfile, "a")  # noqa: SIM115 - closed when the stage ends
+                fh.write(f"$ cdc-aug {' '.join(argv)}\n")
+                fh.flush()
+                proc = subprocess.Popen([sys.executable, "-m", "cdc_aug", *argv], stdout=fh, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                running[s.name] = (s, proc, time.monotonic(), fh, logfile)
+            if not running:
+                if pending:  # cannot happen with `after`'s order; never spin
+                    raise UserError(f"stages {', '.join(p.name for p in pending)} wait on each other")
+                break
+            time.sleep(0.5)
+            for name, (s, proc, t0, fh, logfile) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del running[name]
+                fh.close()
+                dt = time.monotonic() - t0
+                if rc != 0 or (s.done_file is not None and not s.done_file.exists()):
+                    tail = "".join(logfile.read_text(errors="replace").splitlines(True)[-15:])
+                    log(f"{prefix(s)}: FAILED after {dt:.0f}s (exit {rc}); log {logfile}:\n{tail}")
+                    stop_all()
+                    return 1
+                s.marker(runs).write_text(f"{dt:.1f}\n")
+                log(f"{prefix(s)}: ok in {dt:.0f}s -> {s.output}")
+                timings[s.name] = (dt, "ran")
+                finished.add(name)
+    except KeyboardInterrupt:
+        stop_all()
+        raise
+    timings = [(s.name, *timings[s.name]) for s in stages if s.name in timings]
     wall = time.monotonic() - t_all
     total = sum(d for _, d, _ in timings)  # every stage's own time, this call's and earlier ones
     (runs / "timings.tsv").write_text("".join(f"{n}\t{d:.1f}\t{st}\n" for n, d, st in timings) + f"total\t{total:.1f}\t\n")
@@ -400,7 +467,8 @@ def run_experiment(path: str | Path, dry_run: bool = False, log=print) -> int:
     import json
 
     (runs / "machine.json").write_text(json.dumps({**machine_info(), "finished": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                  time.gmtime()), "note": note}, indent=1) + "\n")
+                                                  time.gmtime()), "jobs": jobs, "wall_s_this_call": round(wall, 1),
+                                                  "note": note}, indent=1) + "\n")
     log(f"experiment {cfg['name']}: finished in {wall:.0f}s (stages {total:.0f}s in all); report in "
         f"{stages[-1].output}; stage times in {runs / 'timings.tsv'}")
     return 0

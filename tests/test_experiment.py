@@ -157,3 +157,24 @@ def test_held_out_photos_must_not_overlap_the_copy_paste_backgrounds(tmp_path, c
         assert main(["experiment", str(path)]) == 2
         err = capsys.readouterr().err
         assert "is also a copy-paste training background" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stage_order_lets_independent_stages_run_side_by_side(tmp_path):
+    from cdc_aug.experiment import after
+
+    from fake_renders import write_backgrounds
+
+    write_backgrounds(tmp_path / "bg")
+    stages = plan(load_experiment(_write(tmp_path, seeds=[0, 1])))
+    names = [s.name for s in stages]
+    by = {s.name: s for s in stages}
+    assert after(by["render"], stages) == set()
+    assert after(by["generate t050"], stages) == {"render"}
+    # trainings wait for every generate stage, not for each other
+    assert not any(n.startswith("train ") for n in after(by["train svr-t050-s1"], stages))
+    # an evaluation needs its own model only (and every test domain)
+    ev = after(by["eval svr-t050-s1"], stages)
+    assert "train svr-t050-s1" in ev and "train svr-clean-s0" not in ev and "generate copy-paste" in ev
+    assert after(by["report"], stages) == set(names) - {"report"}
+    # every stage's dependencies come before it in the plan, so the runner never waits forever
+    assert all(names.index(a) < names.index(s.name) for s in stages for a in after(s, stages))
