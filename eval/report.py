@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from cdc_aug.errors import UserError
+from cdc_aug.safeio import atomic_write_text
 
 from .evaluate import SAMPLES, SUMMARY
 from .identity import train_domain_from_name
@@ -210,7 +212,7 @@ def _find_images(data_dir: Path, keys: list[str]) -> dict[str, np.ndarray]:
     """The input image (image.png, else rgba.png over white) of ``keys`` in a stage dir;
     missing keys are left out. Sidecar key lists say which shards to open."""
     from cdc_aug.samples import decode_sample
-    from cdc_aug.shards import iter_tar_samples, shard_paths
+    from cdc_aug.shards import ShardDamaged, shard_paths, verified_samples
     from train_svr.data import input_image
 
     want = set(keys)
@@ -230,11 +232,14 @@ def _find_images(data_dir: Path, keys: list[str]) -> dict[str, np.ndarray]:
             pass
         if not path.exists():
             continue
-        for raw in iter_tar_samples(path):
-            if raw["__key__"] in want:
-                found[raw["__key__"]] = input_image(decode_sample(raw, ["image.png", "rgba.png"]))
-                if not want - set(found):
-                    break
+        try:  # checked against the stage's index.json like every other consumer's read
+            for raw in verified_samples(path):
+                if raw["__key__"] in want:
+                    found[raw["__key__"]] = input_image(decode_sample(raw, ["image.png", "rgba.png"]))
+                    if not want - set(found):
+                        break
+        except ShardDamaged as e:  # a figure, not a result: leave the damaged shard's images out
+            log.warning("augmentation grid: %s", e)
     return found
 
 
@@ -317,7 +322,7 @@ class _Doc:
         self.html: list[str] = [f"<h1>{html.escape(title)}</h1>"]
 
     def heading(self, text: str, level: int = 2) -> None:
-        self.md += ["#" * level + " " + text, ""]
+        self.md += ["#" * level + " " + html.escape(text, quote=False), ""]
         self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
 
     def para(self, text: str) -> None:
@@ -329,7 +334,8 @@ class _Doc:
         self.html.append(_html_table(header, rows, best))
 
     def image(self, path: Path, rel: str, caption: str) -> None:
-        self.md += [f"![{caption}]({rel})", "", f"*{caption}*", ""]
+        safe = html.escape(caption, quote=False).replace("[", "\\[").replace("]", "\\]").replace("*", "\\*")
+        self.md += [f"![{safe}]({rel})", "", f"*{safe}*", ""]
         self.html.append(f"<figure><img src=\"{_b64(path)}\" alt=\"{html.escape(caption)}\">"
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
@@ -422,22 +428,24 @@ def build_report(eval_dirs: list, out_dir: str | os.PathLike) -> Path:
             doc.image(fig_dir / name, f"figures/{name}",
                       f"{r.model} on {r.domain}: inputs (top), reconstructions seen by the same camera (bottom)")
 
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "train_domain", "train_t_in", "test_domain", "category", "metric", "value", "n_views"])
-        for r in runs:
-            for cat in [None, *categories]:
-                block = r.summary["overall"] if cat is None else r.summary.get("per_category", {}).get(cat)
-                if not block:
-                    continue
-                for metric, _, _ in REPORT_METRICS:
-                    w.writerow([_csv_cell(x) for x in (r.model, r.train_domain,
-                                "" if r.train_t_in is None else r.train_t_in, r.domain, cat or "all", metric,
-                                r.value(metric, cat), block.get("n_views"))])
-    (out / "report.md").write_text("\n".join(doc.md) + "\n")
+    rows_csv = io.StringIO()
+    w = csv.writer(rows_csv)
+    w.writerow(["model", "train_domain", "train_t_in", "test_domain", "category", "metric", "value", "n_views"])
+    for r in runs:
+        for cat in [None, *categories]:
+            block = r.summary["overall"] if cat is None else r.summary.get("per_category", {}).get(cat)
+            if not block:
+                continue
+            for metric, _, _ in REPORT_METRICS:
+                w.writerow([_csv_cell(x) for x in (r.model, r.train_domain,
+                            "" if r.train_t_in is None else r.train_t_in, r.domain, cat or "all", metric,
+                            r.value(metric, cat), block.get("n_views"))])
+    # Written whole and renamed into place (fsynced), never half-written over an older report.
+    atomic_write_text(out / "results.csv", rows_csv.getvalue())
+    atomic_write_text(out / "report.md", "\n".join(doc.md) + "\n")
     page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>cdc-aug evaluation report</title>"
             f"<style>{CSS}</style></head><body>" + "\n".join(doc.html) + "</body></html>\n")
-    (out / "report.html").write_text(page)
+    atomic_write_text(out / "report.html", page)
     log.info("report of %d evaluations in %s", len(runs), out)
     return out / "report.html"
 

@@ -7,12 +7,15 @@ scripts/readme_results.py."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from cdc_aug.safeio import atomic_write_text
 
 from .evaluate import read_rows
 from .stats import Cell, bootstrap_ci, family_and_seed, make_cell, paired_difference
@@ -170,68 +173,72 @@ def ci_section(doc, runs: list, fig_dir: Path, out: Path, family_key) -> None:
 
     stats: dict = {("__ood__", d): ood[d] for d in domains}
     cells: dict[tuple[str, str, str], Cell] = {}
-    with open(out / "results_ci.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["family", "test_domain", "ood", "metric", "mean", "ci_lo", "ci_hi", "n_shapes", "n_views",
-                    "n_seeds", "n_empty"])
-        for metric, label, higher in CI_METRICS:
-            table_rows, values = [], np.full((len(families), len(domains)), np.nan)
-            for i, fam in enumerate(families):
-                row = [fam]
-                for j, d in enumerate(domains):
-                    if (fam, d) not in groups:
-                        row.append("-")
-                        continue
-                    c = make_cell(groups[(fam, d)], metric)
-                    cells[(fam, d, metric)] = c
-                    lo, hi = bootstrap_ci(c.values)
-                    values[i, j] = c.mean
-                    stats_key = (fam, d) if metric == "chamfer_l1" else (fam, d, metric)
-                    stats[stats_key] = {"mean": c.mean, "lo": lo, "hi": hi}
-                    row.append(_ci(c.mean, lo, hi, metric))
-                    w.writerow([fam, d, int(ood[d]), metric, c.mean, lo, hi, len(c.shapes), c.n_views,
-                                len(c.seeds), c.n_empty])
-                table_rows.append(row)
-            best = set()
-            for j in range(len(domains)):
-                col = values[:, j]
-                if np.isfinite(col).sum() > 1:
-                    target = np.nanmax(col) if higher else np.nanmin(col)
-                    best.update((i, j) for i in range(len(families)) if col[i] == target)
-            doc.heading(f"{label} ({'higher' if higher else 'lower'} is better)", 3)
-            doc.table(["model", *[d + (" (OOD)" if ood[d] else "") for d in domains]], table_rows, best)
+    ci_csv = io.StringIO()
+    w = csv.writer(ci_csv)
+    w.writerow(["family", "test_domain", "ood", "metric", "mean", "ci_lo", "ci_hi", "n_shapes", "n_views",
+                "n_seeds", "n_empty"])
+    for metric, label, higher in CI_METRICS:
+        table_rows, values = [], np.full((len(families), len(domains)), np.nan)
+        for i, fam in enumerate(families):
+            row = [fam]
+            for j, d in enumerate(domains):
+                if (fam, d) not in groups:
+                    row.append("-")
+                    continue
+                c = make_cell(groups[(fam, d)], metric)
+                cells[(fam, d, metric)] = c
+                lo, hi = bootstrap_ci(c.values)
+                values[i, j] = c.mean
+                stats_key = (fam, d) if metric == "chamfer_l1" else (fam, d, metric)
+                stats[stats_key] = {"mean": c.mean, "lo": lo, "hi": hi}
+                row.append(_ci(c.mean, lo, hi, metric))
+                w.writerow([fam, d, int(ood[d]), metric, c.mean, lo, hi, len(c.shapes), c.n_views,
+                            len(c.seeds), c.n_empty])
+            table_rows.append(row)
+        best = set()
+        for j in range(len(domains)):
+            col = values[:, j]
+            if np.isfinite(col).sum() > 1:
+                target = np.nanmax(col) if higher else np.nanmin(col)
+                best.update((i, j) for i in range(len(families)) if col[i] == target)
+        doc.heading(f"{label} ({'higher' if higher else 'lower'} is better)", 3)
+        doc.table(["model", *[d + (" (OOD)" if ood[d] else "") for d in domains]], table_rows, best)
+
+    atomic_write_text(out / "results_ci.csv", ci_csv.getvalue())
 
     # 3. Paired differences to the clean model.
     if ref is not None:
         doc.heading(f"Paired differences to {ref}", 3)
         doc.para(f"Model minus {ref} on the same test shapes and seed positions, with a 95% bootstrap interval. "
                  "'better' / 'worse': the interval excludes 0 in that direction; 'n.s.': it includes 0.")
-        with open(out / "paired_ci.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["family", "reference", "test_domain", "ood", "metric", "diff", "ci_lo", "ci_hi", "n_shapes",
-                        "verdict"])
-            for metric in DIFF_METRICS:
-                higher = dict((m, h) for m, _, h in CI_METRICS)[metric]
-                table_rows = []
-                for fam in families:
-                    if fam == ref:
+        paired_csv = io.StringIO()
+        w = csv.writer(paired_csv)
+        w.writerow(["family", "reference", "test_domain", "ood", "metric", "diff", "ci_lo", "ci_hi", "n_shapes",
+                    "verdict"])
+        for metric in DIFF_METRICS:
+            higher = dict((m, h) for m, _, h in CI_METRICS)[metric]
+            table_rows = []
+            for fam in families:
+                if fam == ref:
+                    continue
+                row = [fam]
+                for d in domains:
+                    a, b = cells.get((fam, d, metric)), cells.get((ref, d, metric))
+                    if a is None or b is None:
+                        row.append("-")
                         continue
-                    row = [fam]
-                    for d in domains:
-                        a, b = cells.get((fam, d, metric)), cells.get((ref, d, metric))
-                        if a is None or b is None:
-                            row.append("-")
-                            continue
-                        diff, lo, hi, n = paired_difference(a, b)
-                        verdict = "n.s."
-                        if math.isfinite(lo) and (lo > 0 or hi < 0):
-                            verdict = "better" if (lo > 0) == higher else "worse"
-                        row.append(f"{_ci(diff, lo, hi, metric)} {verdict}")
-                        w.writerow([fam, ref, d, int(ood[d]), metric, diff, lo, hi, n, verdict])
-                    table_rows.append(row)
-                label = dict((m, lb) for m, lb, _ in CI_METRICS)[metric]
-                doc.para(f"{label} difference to {ref}:")
-                doc.table(["model", *domains], table_rows, set())
+                    diff, lo, hi, n = paired_difference(a, b)
+                    verdict = "n.s."
+                    if math.isfinite(lo) and (lo > 0 or hi < 0):
+                        verdict = "better" if (lo > 0) == higher else "worse"
+                    row.append(f"{_ci(diff, lo, hi, metric)} {verdict}")
+                    w.writerow([fam, ref, d, int(ood[d]), metric, diff, lo, hi, n, verdict])
+                table_rows.append(row)
+            label = dict((m, lb) for m, lb, _ in CI_METRICS)[metric]
+            doc.para(f"{label} difference to {ref}:")
+            doc.table(["model", *domains], table_rows, set())
+
+        atomic_write_text(out / "paired_ci.csv", paired_csv.getvalue())
 
     # 4. Empty reconstructions, counted rather than hidden in a mean.
     doc.heading("Empty reconstructions (views with no surface / views evaluated)", 3)

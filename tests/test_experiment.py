@@ -160,9 +160,9 @@ def test_held_out_photos_must_not_overlap_the_copy_paste_backgrounds(tmp_path, c
 
 
 def test_stage_order_lets_independent_stages_run_side_by_side(tmp_path):
-    from cdc_aug.experiment import after
-
     from fake_renders import write_backgrounds
+
+    from cdc_aug.experiment import after
 
     write_backgrounds(tmp_path / "bg")
     stages = plan(load_experiment(_write(tmp_path, seeds=[0, 1])))

@@ -107,3 +107,26 @@ def test_report_bad_inputs(eval_runs, tmp_path, capsys):
         build_report([dirs[0], dirs[0]], tmp_path / "r")
     assert cli_main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_hostile_names_and_sample_paths_are_data_not_markup(eval_runs, tmp_path):
+    """A `$`, `|` or formula in a model name, and a samples entry that climbs out of the
+    evaluation directory: the report builds, escapes, and reads nothing outside."""
+    root, dirs = eval_runs
+    copies = []
+    for d in dirs[:2]:
+        c = tmp_path / d.name
+        shutil.copytree(d, c)
+        s = json.loads((c / "summary.json").read_text())
+        s["model"] = "=cmd|$x$ <b>"
+        s["samples"] = ["../../../etc/passwd", *s.get("samples", [])]
+        (c / "summary.json").write_text(json.dumps(s))
+        copies.append(c)
+    page = build_report(copies, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "=cmd\\|$x$ &lt;b&gt;" in md and "<b>" not in md
+    assert "etc/passwd" not in md and "etc/passwd" not in page.read_text()
+    rows = list(csv.reader(open(tmp_path / "report" / "results.csv")))
+    assert {r[0] for r in rows[1:]} == {"'=cmd|$x$ <b>"}  # a spreadsheet sees text, not a formula
+    assert load_run(copies[0]).samples == [k for k in json.loads((copies[0] / "summary.json").read_text())["samples"]
+                                           if not k.startswith("..")]
