@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-osmesa}"
 CONFIG="${1:-configs/experiments/smoke.yaml}"
-.venv/bin/cdc-aug experiment "$CONFIG" </dev/null
+# Two stages side by side where their inputs allow: single-threaded stages use both cores.
+.venv/bin/cdc-aug experiment "$CONFIG" --jobs "${JOBS:-2}" </dev/null
 name=$(.venv/bin/python -c "import sys,yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$CONFIG")
-for d in data/experiments/"$name"/renders data/experiments/"$name"/aug/*/; do
+for d in data/experiments/"$name"/renders data/experiments/"$name"/aug/*/ data/experiments/"$name"/test/*/; do
+    [ -d "$d" ] || continue  # a glob that matched nothing
     .venv/bin/cdc-aug verify "$d"
 done
 echo "report: report/$name/report.html"
