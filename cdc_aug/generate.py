@@ -207,7 +207,24 @@ class Augmenter:
             self.pool = BackgroundPool(list_backgrounds(cfg.backgrounds))
         else:
             self.pipe = _pipeline(cfg.model, device, resolve_dtype(cfg.dtype, device))
+            self._check_factors()
         self.text_conditioned = bool(self.pipe is not None and self.pipe.is_text_conditioned)
+
+    def _check_factors(self) -> None:
+        """--n-in/--n-out must divide the grid the model samples on: refused here, before any
+        sample, rather than as one failure per sample. With --model-size input the grid is the
+        render's size, checked by the pipeline on the first batch."""
+        size = parse_model_size(self.cfg.model_size)
+        if size == "input":
+            return
+        pipe = self.pipe
+        mh, mw = pipe.default_size((1, 1)) if size is None else size
+        f = pipe.vae_scale_factor if pipe.is_latent else 1
+        gh, gw = mh // f, mw // f
+        for flag, n in (("--n-in", self.cfg.n_in), ("--n-out", self.cfg.n_out)):
+            if gh % n or gw % n:
+                raise UserError(f"{flag} {n}: does not divide the {gw}x{gh} grid the model samples on "
+                                f"(--model-size {self.cfg.model_size} = {mw}x{mh}); use a divisor of {gh} and {gw}")
 
     def __call__(self, batch: list[dict[str, Any]]) -> list[tuple[np.ndarray, dict[str, Any]]]:
         cfg = self.cfg
