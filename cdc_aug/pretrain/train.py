@@ -110,5 +110,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
         enable_model_summary=False,
         log_every_n_steps=10,
     )
-    trainer.fit(module, train_dataloaders=data, ckpt_path="last" if cfg.resume else None)
+    # weights_only: resuming never unpickles code, whatever torch's default (issue 13)
+    trainer.fit(module, train_dataloaders=data, ckpt_path="last" if cfg.resume else None, weights_only=True)
     return out / "model"
