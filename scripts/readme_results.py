@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -58,7 +59,7 @@ def _stage_minutes(timings: Path) -> tuple[str, float | None]:
     return text, total
 
 
-def build(name: str, report: Path, runs: Path, smoke: bool, fig_dir: Path) -> str:
+def build(name: str, report: Path, runs: Path, smoke: bool, fig_dir: Path, readme_dir: Path = ROOT) -> str:
     ci = _read_csv(report / "results_ci.csv")
     paired = _read_csv(report / "paired_ci.csv") if (report / "paired_ci.csv").exists() else []
     families = list(dict.fromkeys(r["family"] for r in ci))
@@ -67,7 +68,7 @@ def build(name: str, report: Path, runs: Path, smoke: bool, fig_dir: Path) -> st
     cell = {(r["family"], r["test_domain"], r["metric"]): r for r in ci}
     n_shapes = max(int(r["n_shapes"]) for r in ci)
     n_seeds = max(int(r["n_seeds"]) for r in ci)
-    views = max(int(r["n_views"]) for r in ci) // max(1, n_seeds)
+    views = max(int(r["n_views"]) / max(1, int(r["n_seeds"]) * int(r["n_shapes"])) for r in ci)
     machine = {}
     if (runs / "machine.json").exists():
         machine = json.loads((runs / "machine.json").read_text())
@@ -87,7 +88,8 @@ def build(name: str, report: Path, runs: Path, smoke: bool, fig_dir: Path) -> st
                + (f"; {machine['note']}" if machine.get("note") else "") + ". "
                + (f"Wall time {total / 60:.0f} min ({stages})." if total else stages))
     out.append("")
-    out.append(f"n = {n_shapes} test shapes x {views} views per test domain x {n_seeds} training seeds per model "
+    out.append(f"n = {n_shapes} test shapes x {views:g} view(s) per shape in each test domain x {n_seeds} training "
+               "seed(s) per model "
                "family. Each cell: mean over shapes (views averaged within a shape) and seeds, "
                "[95% bootstrap CI] resampling shapes and seeds. OOD: a test domain no model trained on.")
     out.append("")
@@ -142,7 +144,8 @@ def build(name: str, report: Path, runs: Path, smoke: bool, fig_dir: Path) -> st
         if src.exists():
             dst = fig_dir / f"{name}_ci_{metric}.png"
             shutil.copyfile(src, dst)
-            out += [f"![{name}: {metric} per test domain]({dst.relative_to(ROOT).as_posix()})", ""]
+            rel = os.path.relpath(dst, Path(readme_dir)).replace(os.sep, "/")
+            out += [f"![{name}: {metric} per test domain]({rel})", ""]
     out.append(f"<!-- results:{name}:end -->")
     return "\n".join(out)
 
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (report / "results_ci.csv").exists():
         print(f"readme_results: {report / 'results_ci.csv'} not found; run `cdc-aug report` first", file=sys.stderr)
         return 2
-    block = build(args.name, report, runs, args.smoke, Path(args.figures))
+    block = build(args.name, report, runs, args.smoke, Path(args.figures), Path(args.readme).resolve().parent)
     readme = Path(args.readme)
     text = readme.read_text()
     start, end = f"<!-- results:{args.name}:start -->", f"<!-- results:{args.name}:end -->"
