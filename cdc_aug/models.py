@@ -53,7 +53,7 @@ def resolve_model(model: str | None) -> tuple[Path, str]:
     except Exception as e:  # every failure here means "not cached"
         raise UserError(
             f"model {model}: not a local directory and not in the Hugging Face cache (runs are offline); "
-            f"download it once with `huggingface-cli download {model}` ({type(e).__name__})"
+            f"download it once with `hf download {model}` ({type(e).__name__})"
         ) from None
     snap = Path(snap)
     if not _is_pipeline_dir(snap):
