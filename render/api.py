@@ -229,12 +229,18 @@ def ordered_pool(fn, tasks: list, workers: int, on_crash) -> Iterator:
                 task = next(todo, None)
                 if task is None:
                     return
-                pending.append((task, pool.submit(fn, task)))
+                try:
+                    fut = pool.submit(fn, task)
+                except BrokenProcessPool:  # a worker died before its future said so: retried below
+                    fut = None
+                pending.append((task, fut))
 
         fill()
         while pending:
             task, fut = pending.popleft()
             try:
+                if fut is None:
+                    raise BrokenProcessPool("the pool broke before this task was submitted")
                 result = fut.result()
             except BrokenProcessPool as e:
                 pool.shutdown(wait=True, cancel_futures=True)
