@@ -54,7 +54,9 @@ def model_identity(ckpt: str | Path) -> dict:
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     ident: dict = {"ckpt": str(ckpt.resolve()), "model": run_dir.name}
     train = []
-    cfg_path = run_dir / "config.yaml"
+    # LightningCLI saves the run's config next to its logger's files (tensorboard/).
+    cfg_path = next((p for p in (run_dir / "config.yaml", run_dir / "tensorboard" / "config.yaml") if p.exists()),
+                    run_dir / "config.yaml")
     if cfg_path.exists():
         try:
             cfg = yaml.safe_load(cfg_path.read_text()) or {}

@@ -94,6 +94,16 @@ def load_run(eval_dir: str | os.PathLike) -> Run:
         s = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not s.get("train_data") and s.get("ckpt") and Path(s["ckpt"]).exists():
+        # An evaluation written before its training config could be found: the checkpoint's
+        # run directory still says what the model trained on (and with which seed).
+        from .identity import model_identity
+
+        ident = model_identity(s["ckpt"])
+        if ident.get("train_data"):
+            for k in ("train_data", "train_seed", "train_domain", "train_t_in", "train_identity_from"):
+                if k in ident:
+                    s[k] = ident[k]
     name_model, _, name_domain = d.name.partition("__")
     model = s.get("model") or name_model
     domain = s.get("domain") or name_domain or "unknown"

@@ -86,7 +86,9 @@ def build(name: str, report: Path, runs: Path, smoke: bool, fig_dir: Path, readm
     out.append(f"Run `{name}` finished {when} on {cpu}, {machine.get('cores', '?')} cores, "
                f"{machine.get('gpu') or 'no GPU'}, torch {machine.get('torch', '?')}"
                + (f"; {machine['note']}" if machine.get("note") else "") + ". "
-               + (f"Wall time {total / 60:.0f} min ({stages})." if total else stages))
+               + (f"Stage times summed: {total / 60:.0f} min ({stages})" if total else stages)
+               + (f"; the last call ran {machine['wall_s_this_call'] / 60:.0f} min with {machine.get('jobs', 1)} "
+                  "stage(s) side by side." if machine.get("wall_s_this_call") else "."))
     out.append("")
     out.append(f"n = {n_shapes} test shapes x {views:g} view(s) per shape in each test domain x {n_seeds} training "
                "seed(s) per model "
