@@ -55,3 +55,19 @@ def test_paired_difference_cancels_shape_difficulty():
     assert n == 40 and np.isclose(diff, -0.01) and hi < 0
     # unpaired intervals of the two means overlap entirely: only pairing sees the effect
     assert bootstrap_ci(better.values)[1] > bootstrap_ci(ref.values)[0]
+
+
+def test_identity_reads_the_training_config_where_lightningcli_saves_it(tmp_path):
+    import yaml
+
+    from eval.identity import model_identity
+
+    run = tmp_path / "runs" / "svr-t050-s2"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "tensorboard").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "tensorboard" / "config.yaml").write_text(yaml.safe_dump(
+        {"seed_everything": 2, "data": {"shards": [str(tmp_path / "missing-aug")]}}))
+    ident = model_identity(run / "checkpoints" / "last.ckpt")
+    assert ident["train_seed"] == 2 and ident["train_identity_from"] == "run name"
+    assert ident["train_data"] == [{"dir": str(tmp_path / "missing-aug"), "domain": None}]
