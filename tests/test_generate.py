@@ -185,20 +185,6 @@ def test_slurm_nodelist():
 
 
 # -- masked ILVR through a tiny randomly initialised pixel model ------------------------
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    import torch
-    from diffusers import DDIMScheduler, DDPMPipeline, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
-                       block_out_channels=(8, 16), norm_num_groups=4,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-    path = tmp_path_factory.mktemp("model")
-    DDPMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100)).save_pretrained(path)
-    return path
-
-
 def _ilvr(renders, model, out, *extra):
     return main(["generate", "--in", str(renders), "--out", str(out), "--model", str(model), "--steps", "3",
                  "--no-progress", *_per_shard(extra), *extra])

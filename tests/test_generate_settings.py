@@ -22,20 +22,6 @@ def renders(tmp_path_factory):
     return make_render_dir(tmp_path_factory.mktemp("renders"))
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    import torch
-    from diffusers import DDIMScheduler, DDPMPipeline, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
-                       block_out_channels=(8, 16), norm_num_groups=4,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-    path = tmp_path_factory.mktemp("model")
-    DDPMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100)).save_pretrained(path)
-    return path
-
-
 def resolve(argv):
     """The GenerateConfig that `cdc-aug generate ARGV` would run."""
     args = build_parser().parse_args(["generate", *argv])
