@@ -370,6 +370,19 @@ def after(stage: Stage, stages: list[Stage]) -> set[str]:
     return set(names) - {stage.name}
 
 
+def stage_env(jobs: int, environ=None) -> dict[str, str]:
+    """The environment of a stage's process: the cores shared out between the ``jobs`` stages
+    that run side by side. Without this every stage's torch/OpenMP starts one thread per core,
+    and two trainings side by side on 2 cores ran 4x slower than with one thread each
+    (65 steps: 119 s against 29 s). A thread count the user exported wins."""
+    env = dict(os.environ if environ is None else environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
+    return env
+
+
 def run_experiment(path: str | Path, dry_run: bool = False, log=print, jobs: int = 1) -> int:
     """Run (or resume) an experiment; ``jobs`` stages at a time where their dependencies
     allow (``after``): on a 2-core machine two single-threaded trainings or evaluations
@@ -379,6 +392,7 @@ def run_experiment(path: str | Path, dry_run: bool = False, log=print, jobs: int
     runs = Path(cfg.get("runs_root", f"runs/{cfg['name']}"))
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: must be at least 1")
+    child_env = stage_env(jobs)
     if dry_run:
         for s in stages:
             log(f"{'done' if s.is_done(runs) else 'todo'}  {s.name}: cdc-aug {' '.join(s.argv)}")
@@ -430,7 +444,7 @@ def run_experiment(path: str | Path, dry_run: bool = False, log=print, jobs: int
                 fh.write(f"$ cdc-aug {' '.join(argv)}\n")
                 fh.flush()
                 proc = subprocess.Popen([sys.executable, "-m", "cdc_aug", *argv], stdout=fh, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        stdin=subprocess.DEVNULL, env=child_env)
                 running[s.name] = (s, proc, time.monotonic(), fh, logfile)
             if not running:
                 if pending:  # cannot happen with `after`'s order; never spin
@@ -467,7 +481,9 @@ def run_experiment(path: str | Path, dry_run: bool = False, log=print, jobs: int
     import json
 
     (runs / "machine.json").write_text(json.dumps({**machine_info(), "finished": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                  time.gmtime()), "jobs": jobs, "wall_s_this_call": round(wall, 1),
+                                                  time.gmtime()), "jobs": jobs,
+                                                  "stage_threads": child_env["OMP_NUM_THREADS"],
+                                                  "wall_s_this_call": round(wall, 1),
                                                   "note": note}, indent=1) + "\n")
     log(f"experiment {cfg['name']}: finished in {wall:.0f}s (stages {total:.0f}s in all); report in "
         f"{stages[-1].output}; stage times in {runs / 'timings.tsv'}")

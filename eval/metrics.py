@@ -40,6 +40,8 @@ the shape cannot rank models.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
@@ -95,6 +97,15 @@ def spatial_order(points: np.ndarray, bits: int = 10) -> np.ndarray:
     return np.argsort(code, kind="stable")
 
 
+def query_workers() -> int:
+    """KD-tree query threads: the process's thread budget (OMP_NUM_THREADS, which
+    ``cdc-aug experiment --jobs`` shares out between stages side by side), else every core."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return -1
+
+
 def point_metrics(pred_points, pred_normals, gt_points, gt_normals, thresholds=THRESHOLDS,
                   gt_tree: cKDTree | None = None) -> dict:
     """Accuracy, completeness, Chamfer-L1/L2, precision/recall/F-score at each threshold and
@@ -115,10 +126,11 @@ def point_metrics(pred_points, pred_normals, gt_points, gt_normals, thresholds=T
     pred = pred[order]
     if with_normals:
         pred_normals = np.asarray(pred_normals)[order]
-    # workers=-1: the queries are the whole cost and split cleanly across cores. The ground
+    # The queries are the whole cost and split cleanly across the process's threads. The ground
     # truth is queried in the order it comes in: eval stores it in spatial_order once per shape.
-    d_acc, i_acc = (gt_tree if gt_tree is not None else cKDTree(gt)).query(pred, k=1, workers=-1)
-    d_comp, i_comp = cKDTree(pred).query(gt, k=1, workers=-1)
+    workers = query_workers()
+    d_acc, i_acc = (gt_tree if gt_tree is not None else cKDTree(gt)).query(pred, k=1, workers=workers)
+    d_comp, i_comp = cKDTree(pred).query(gt, k=1, workers=workers)
     acc, comp = float(d_acc.mean()), float(d_comp.mean())
     out = {"accuracy": acc, "completeness": comp, "chamfer_l1": 0.5 * (acc + comp),
            "chamfer_l2": 0.5 * (float(np.mean(d_acc ** 2)) + float(np.mean(d_comp ** 2))), "empty": False}

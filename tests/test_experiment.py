@@ -178,3 +178,14 @@ def test_stage_order_lets_independent_stages_run_side_by_side(tmp_path):
     assert after(by["report"], stages) == set(names) - {"report"}
     # every stage's dependencies come before it in the plan, so the runner never waits forever
     assert all(names.index(a) < names.index(s.name) for s in stages for a in after(s, stages))
+
+
+def test_stage_env_shares_the_cores_between_parallel_stages(monkeypatch):
+    from cdc_aug.experiment import stage_env
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert stage_env(2, environ={})["OMP_NUM_THREADS"] == "2"
+    assert stage_env(8, environ={})["OMP_NUM_THREADS"] == "1"
+    assert stage_env(1, environ={})["MKL_NUM_THREADS"] == "4"
+    # a thread count the user exported is kept
+    assert stage_env(2, environ={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
