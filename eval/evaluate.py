@@ -36,7 +36,7 @@ from cdc_aug.runinfo import derive_seed, output_lock, write_config
 from cdc_aug.safeio import atomic_write_text, commit, is_stage_error
 from cdc_aug.shards import ShardDamaged, check_shard, read_index, sidecar_keys, verified_samples
 
-from .metrics import is_empty, mesh_metrics, spatial_order
+from .metrics import is_empty, mesh_metrics, spatial_order, surface_tree
 from .silhouette import Silhouettes, silhouette_iou
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,6 @@ class _GroundTruth:
         self.digests = digests or {}
 
     def get(self, synset: str, model_id: str) -> dict:
-        from scipy.spatial import cKDTree
-
         from render.groundtruth import read
 
         key = (synset, model_id)
@@ -223,7 +221,7 @@ class _GroundTruth:
                 order = spatial_order(data["surface_points"])
                 data["surface_points"], data["surface_normals"] = data["surface_points"][order], \
                     data["surface_normals"][order]
-                data["tree"] = cKDTree(np.asarray(data["surface_points"], dtype=np.float64))
+                data["tree"] = surface_tree(data["surface_points"])
             self.data = data
         if self.data is None:
             raise ValueError(f"{shape_file(self.root, synset, model_id)}: unusable (see the first failure)")

@@ -49,6 +49,11 @@ from scipy.spatial import cKDTree
 from cdc_aug.occupancy import inside
 
 THRESHOLDS = (0.01, 0.02)
+# Leaf size of every KD-tree the metrics query: 64 points a leaf cut the CPU time of eval's
+# queries by a quarter against scipy's 16 on reconstructions of the smoke experiment's test
+# views (12 views, 20k x 100k points; 32: -10 %, 128: -20 %), where predictions lie far from
+# the ground truth and each query visits many leaves. Distances are exact either way.
+TREE_LEAFSIZE = 64
 EMPTY_DISTANCE = float(np.sqrt(3.0))  # the unit cube's diagonal
 # The scores of an empty prediction (module docstring); im2mesh's EMPTY_PCL_DICT plus Chamfer.
 # precision@t, recall@t and fscore@t are 0 at every threshold (empty_scores adds them).
@@ -97,6 +102,11 @@ def spatial_order(points: np.ndarray, bits: int = 10) -> np.ndarray:
     return np.argsort(code, kind="stable")
 
 
+def surface_tree(points) -> cKDTree:
+    """The KD-tree the metrics query (eval builds the ground truth's once per shape)."""
+    return cKDTree(np.asarray(points, dtype=np.float64), leafsize=TREE_LEAFSIZE)
+
+
 def query_workers() -> int:
     """KD-tree query threads: the process's thread budget (OMP_NUM_THREADS, which
     ``cdc-aug experiment --jobs`` shares out between stages side by side), else every core."""
@@ -129,8 +139,8 @@ def point_metrics(pred_points, pred_normals, gt_points, gt_normals, thresholds=T
     # The queries are the whole cost and split cleanly across the process's threads. The ground
     # truth is queried in the order it comes in: eval stores it in spatial_order once per shape.
     workers = query_workers()
-    d_acc, i_acc = (gt_tree if gt_tree is not None else cKDTree(gt)).query(pred, k=1, workers=workers)
-    d_comp, i_comp = cKDTree(pred).query(gt, k=1, workers=workers)
+    d_acc, i_acc = (gt_tree if gt_tree is not None else surface_tree(gt)).query(pred, k=1, workers=workers)
+    d_comp, i_comp = surface_tree(pred).query(gt, k=1, workers=workers)
     acc, comp = float(d_acc.mean()), float(d_comp.mean())
     out = {"accuracy": acc, "completeness": comp, "chamfer_l1": 0.5 * (acc + comp),
            "chamfer_l2": 0.5 * (float(np.mean(d_acc ** 2)) + float(np.mean(d_comp ** 2))), "empty": False}
