@@ -170,22 +170,17 @@ def test_flow_x0_update_guides_the_velocity(pipes, monkeypatch):
         torch.testing.assert_close(xt - sigma * v, y0, atol=1e-4, rtol=1e-4)
 
 
-def test_sdxl_fp16_vae_is_upcast_for_encoding_and_decoding(pipes):
-    pipe = pipes["sdxl"]
+def test_sdxl_fp16_vae_is_upcast_for_encoding_and_decoding(tmp_path):
+    pipe = MaskedILVRSDXLPipeline(**sdxl_components(tmp_path))
     assert pipe.vae.config.force_upcast
     pipe.vae.to(torch.float16)
-    dtypes = []
-    handle = pipe.vae.register_forward_pre_hook(lambda m, a: dtypes.append(m.dtype))
-    handle2 = pipe.vae.decoder.register_forward_pre_hook(lambda m, a: dtypes.append(a[0].dtype))
-    try:
-        z = pipe._encode_vae(torch.zeros(1, 3, SIZE, SIZE))
-        pipe._decode_vae(z)
-    finally:
-        handle.remove()
-        handle2.remove()
-        pipe.vae.to(torch.float32)
-    assert z.dtype == torch.float32 and dtypes == [torch.float32]
-    assert pipe.vae.dtype == torch.float32
+    seen = []
+    for part in (pipe.vae.encoder, pipe.vae.decoder):
+        part.register_forward_pre_hook(lambda m, a: seen.append((a[0].dtype, m.conv_in.weight.dtype)))
+    z = pipe._encode_vae(torch.zeros(1, 3, SIZE, SIZE))
+    img = pipe._decode_vae(z)
+    assert seen == [(torch.float32, torch.float32)] * 2  # both ran in float32
+    assert z.dtype == img.dtype == torch.float32 and pipe.vae.dtype == torch.float16  # and it is fp16 again
 
 
 # -- saved checkpoints: load_pipeline picks the class, the commands run ----------------------

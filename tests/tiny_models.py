@@ -56,8 +56,9 @@ def _clip_config(**kw) -> CLIPTextConfig:
 
 
 def _t5(d_model: int) -> T5EncoderModel:
+    # eval(): T5 has dropout, and a pipeline built from parts (not from_pretrained) keeps train mode
     return T5EncoderModel(T5Config(vocab_size=64, d_model=d_model, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
-                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
 
 
 def _vae(latent_channels: int, **kw) -> AutoencoderKL:
