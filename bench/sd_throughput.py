@@ -293,7 +293,7 @@ def main() -> int:
                    else f"cpu ({torch.get_num_threads()} threads)")
     n_params = sum(p.numel() for p in denoiser.parameters()) / 1e6
     kind = "UNet" if args.family in ("sd15", "sdxl") else "transformer"
-    print(f"model: {'tiny ' if args.tiny else ''}{name}-sized, random weights ({kind} {n_params:.0f} M parameters"
+    print(f"model: {'tiny ' if args.tiny else ''}{name}-sized, random weights ({kind} {n_params:.4g} M parameters"
           f"{', no T5' if args.no_t5 else ''}); device: {device_name}; dtype: {str(dtype).removeprefix('torch.')}; "
           f"SDPA; {'channels-last; ' if kind == 'UNet' else ''}torch.compile: {'on' if args.compile else 'off'}")
     print(f"{size}x{size}, {steps} {sampler} steps, {guidance_kind} {guidance}, masked ILVR t_in={args.t_in} "
