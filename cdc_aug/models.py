@@ -1,14 +1,17 @@
 """Which diffusion model a run uses: resolution (bundled / local / hub cache), loading, identity.
 
 A model is a diffusers pipeline directory: the DDPMPipeline layout (unet/, scheduler/)
-for pixel models such as the bundled default, or a Stable Diffusion text-to-image or
-inpainting layout (vae/, text_encoder/, tokenizer/, unet/, scheduler/). Runs are
-offline: a hub id is looked up in the local Hugging Face cache only.
+for pixel models such as the bundled default, or a Stable Diffusion 1.x/2.x, SDXL, SD3 or
+FLUX layout, text-to-image or inpainting. Its model_index.json's ``_class_name`` picks the
+masked-ILVR pipeline that runs it (``PIPELINES``). Runs are offline: a hub id is looked up
+in the local Hugging Face cache only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +24,29 @@ if TYPE_CHECKING:
 
     from .pipeline_masked_ilvr import MaskedILVRPipeline
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MODEL_DIR = Path(cdc_aug.__file__).parent / "default_model"
+# model_index.json's _class_name -> (module, class) of the masked-ILVR pipeline for it;
+# a pipeline saved by one of ours records its own class name.
+_PIXEL_OR_SD = ("pipeline_masked_ilvr", "MaskedILVRPipeline")
+_SDXL = ("pipeline_masked_ilvr_sdxl", "MaskedILVRSDXLPipeline")
+_SD3 = ("pipeline_masked_ilvr_sd3", "MaskedILVRSD3Pipeline")
+_FLUX = ("pipeline_masked_ilvr_flux", "MaskedILVRFluxPipeline")
+PIPELINES = {
+    "DDPMPipeline": _PIXEL_OR_SD,
+    "DDIMPipeline": _PIXEL_OR_SD,
+    "StableDiffusionPipeline": _PIXEL_OR_SD,
+    "StableDiffusionInpaintPipeline": _PIXEL_OR_SD,
+    "MaskedILVRPipeline": _PIXEL_OR_SD,
+    "StableDiffusionXLPipeline": _SDXL,
+    "StableDiffusionXLInpaintPipeline": _SDXL,
+    "MaskedILVRSDXLPipeline": _SDXL,
+    "StableDiffusion3Pipeline": _SD3,
+    "MaskedILVRSD3Pipeline": _SD3,
+    "FluxPipeline": _FLUX,
+    "MaskedILVRFluxPipeline": _FLUX,
+}
 SCHEDULERS = ("ddim", "ddpm", "dpm", "unipc", "pndm")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
@@ -90,18 +115,37 @@ def make_scheduler(name: str, config):
     return table[name].from_config(config)
 
 
+def pipeline_class(path: Path, model: str | None = None) -> type:
+    """The masked-ILVR pipeline class for the checkpoint at ``path``, from its ``_class_name``."""
+    import importlib
+
+    try:
+        name = json.loads((path / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"model {model or path}: cannot read {path / 'model_index.json'} ({e})") from None
+    if name not in PIPELINES:
+        kinds = ", ".join(k for k in PIPELINES if not k.startswith("MaskedILVR"))
+        raise UserError(f"model {model or path}: {name} checkpoints are not supported (masked ILVR runs {kinds})")
+    module, cls = PIPELINES[name]
+    return getattr(importlib.import_module(f"cdc_aug.{module}"), cls)
+
+
 def load_pipeline(
     model: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     scheduler: str = "ddim",
 ) -> MaskedILVRPipeline:
-    """A ready MaskedILVRPipeline for ``model`` (None = the bundled default) on ``device``."""
+    """A ready masked-ILVR pipeline for ``model`` (None = the bundled default) on ``device``.
+
+    The pipeline class follows the checkpoint's kind (``PIPELINES``). UNet models get
+    the ``scheduler`` asked for, built from their own schedule; flow-matching models
+    keep their flow-matching Euler scheduler.
+    """
     import torch
 
-    from .pipeline_masked_ilvr import MaskedILVRPipeline
-
     path, _ = resolve_model(model)
+    cls = pipeline_class(path, model)
     dtype = dtype or default_dtype(device)
     from diffusers.utils import logging as dlog
 
@@ -112,14 +156,21 @@ def load_pipeline(
     dlog.disable_progress_bar()
     try:
         # Cast after loading: the dtype keyword was renamed across diffusers releases.
-        pipe = MaskedILVRPipeline.from_pretrained(path, local_files_only=True)
+        pipe = cls.from_pretrained(path, local_files_only=True)
         pipe.to(torch.device(device), dtype)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:
         raise UserError(f"model {model or path}: cannot load it as a pipeline ({e})".replace("\n", " ")) from None
     finally:
         dlog.set_verbosity(verbosity)
         if bars:
             dlog.enable_progress_bar()
+    if getattr(cls, "is_flow_matching", False):
+        if scheduler not in SCHEDULERS:
+            raise UserError(f"scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+        if scheduler != "ddim":
+            log.warning("scheduler %s ignored: %s samples with its flow-matching Euler scheduler", scheduler,
+                        cls.__name__)
+        return pipe
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     return pipe
 

@@ -18,68 +18,30 @@ Guidance in x0 space (default) is applied to the model output, not to the schedu
 the predicted clean sample is guided and the output is rebuilt in the model's own
 parameterisation, so ``scheduler.step`` runs unchanged and DDIM, DDPM, DPM-Solver,
 UniPC and PNDM all work.
+
+The update, the time masks and the low-pass are the shared core (``masked_ilvr.py``);
+this file holds the ε/v-prediction maths and the SD conditioning. SDXL subclasses it
+(``pipeline_masked_ilvr_sdxl.py``: its conditioning only); the flow-matching
+transformers have their own loop (``pipeline_masked_ilvr_flow.py``).
 """
 
 from __future__ import annotations
 
 import inspect
-import warnings
 
 import numpy as np
-import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
-from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .lowpass import auto_blur_sigma, gaussian_blur, guided_steps, masked_lowpass, stop_fraction, time_mask
+from .lowpass import guided_steps
+from .masked_ilvr import MaskedILVRMixin, plan_guidance, read_inputs
 from .sampling import DEFAULTS
 
 # RePaint's jumps re-run steps out of order: only schedulers whose step depends on the
 # timestep alone (no history, no internal step counter) can do that.
 RESAMPLING_SCHEDULERS = (DDIMScheduler, DDPMScheduler)
-
-
-def _as_list(x) -> list:
-    if isinstance(x, list | tuple):
-        return list(x)
-    if isinstance(x, torch.Tensor | np.ndarray) and x.ndim == 4:
-        return list(x)
-    return [x]
-
-
-def _to_tensor(img, name: str, gray: bool) -> torch.Tensor:
-    """PIL / numpy / torch image -> float32 (C, H, W) in [0, 1].
-
-    numpy arrays are HW or HWC (uint8 0-255 or float 0-1); tensors are HW, CHW or
-    1CHW, in [0, 1], or in [-1, 1] when they hold negative values (as diffusers takes).
-    """
-    if isinstance(img, PIL.Image.Image):
-        img = np.asarray(img.convert("L" if gray else "RGB"))
-    if isinstance(img, np.ndarray):
-        arr = img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0)
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
-    elif isinstance(img, torch.Tensor):
-        t = img.detach().float().cpu()
-        if t.ndim == 4 and t.shape[0] == 1:
-            t = t[0]
-        if t.ndim == 2:
-            t = t[None]
-        if t.ndim == 3 and t.shape[-1] in (1, 3, 4) and t.shape[0] not in (1, 3, 4):
-            t = t.permute(2, 0, 1)
-        if not gray and t.min() < 0:
-            t = (t + 1) / 2
-    else:
-        raise ValueError(f"`{name}` must be a PIL image, numpy array or torch tensor, got {type(img).__name__}")
-    if t.ndim != 3:
-        raise ValueError(f"`{name}` must be an HxW, HxWxC or CxHxW image, got shape {tuple(t.shape)}")
-    if gray:
-        t = t[:1] if t.shape[0] in (1, 2, 4) else t.mean(0, keepdim=True)
-    else:
-        t = t[:3] if t.shape[0] >= 3 else t[:1].expand(3, -1, -1)
-    return t
 
 
 def _to_x0(out: torch.Tensor, x: torch.Tensor, ab: torch.Tensor, kind: str) -> torch.Tensor:
@@ -123,7 +85,7 @@ def step_plan(num_steps: int, resample_start: float, jump_length: int, jump_n_sa
     return plan
 
 
-class MaskedILVRPipeline(DiffusionPipeline):
+class MaskedILVRPipeline(DiffusionPipeline, MaskedILVRMixin):
     r"""Masked ILVR: region-wise low-frequency guidance from a reference image.
 
     Args:
@@ -159,7 +121,10 @@ class MaskedILVRPipeline(DiffusionPipeline):
     def is_text_conditioned(self) -> bool:
         return getattr(self, "text_encoder", None) is not None
 
-    def _unet_size_multiple(self) -> int:
+    @property
+    def size_multiple(self) -> int:
+        if self.is_latent:
+            return self.vae_scale_factor
         # A UNet2DModel halves the grid once per down block but the last.
         return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
@@ -176,56 +141,13 @@ class MaskedILVRPipeline(DiffusionPipeline):
         self, images, masks, t_in, t_out, n_in, n_out, space, blur, num_inference_steps, prompt,
         negative_prompt, resample_start, jump_length, jump_n_sample, generator, output_type, height, width,
     ) -> None:
-        for name, v in (("t_in", t_in), ("t_out", t_out), ("resample_start", resample_start)):
-            if not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
-                raise ValueError(f"`{name}` must lie in [0, 1], got {v!r}")
-        for name, v in (("n_in", n_in), ("n_out", n_out), ("num_inference_steps", num_inference_steps),
-                        ("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
+        if not isinstance(resample_start, int | float) or not 0.0 <= resample_start <= 1.0:
+            raise ValueError(f"`resample_start` must lie in [0, 1], got {resample_start!r}")
+        for name, v in (("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
-        for name, v in (("t_in", t_in), ("t_out", t_out)):
-            if v > 0 and guided_steps(v, num_inference_steps) == 0:
-                raise ValueError(
-                    f"`{name}`={v} guides 0 of {num_inference_steps} steps (a step counts when its midpoint "
-                    f"is before t*K); use 0 or more than {0.5 / num_inference_steps:.4g}"
-                )
-        if space not in ("x0", "xt"):
-            raise ValueError(f"`space` must be 'x0' or 'xt', got {space!r}")
-        if not (blur == "auto" or isinstance(blur, int | float) and not isinstance(blur, bool) and blur >= 0):
-            raise ValueError(f"`blur` must be 'auto' or a Gaussian sigma in pixels >= 0, got {blur!r}")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
-        if len(masks) not in (1, len(images)):
-            raise ValueError(f"`mask_image` holds {len(masks)} masks for {len(images)} images")
-        if isinstance(generator, list) and len(generator) != len(images):
-            raise ValueError(f"`generator` is a list of {len(generator)} for a batch of {len(images)} images")
-        for name, p in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if isinstance(p, list) and len(p) != len(images):
-                raise ValueError(f"`{name}` is a list of {len(p)} for a batch of {len(images)} images")
-            if p is not None and not isinstance(p, str | list):
-                raise ValueError(f"`{name}` must be a string or a list of strings, got {type(p).__name__}")
-        h, w = images[0].shape[-2:]
-        for i, img in enumerate(images):
-            if img.shape[-2:] != (h, w):
-                raise ValueError(f"`image` {i} is {img.shape[-1]}x{img.shape[-2]} but `image` 0 is {w}x{h}")
-        for i, m in enumerate(masks):
-            if m.shape[-2:] != (h, w):
-                raise ValueError(f"`mask_image` is {m.shape[-1]}x{m.shape[-2]} but `image` is {w}x{h}")
-            if m.min() < 0 or m.max() > 1:
-                raise ValueError(f"`mask_image` {i} must hold values in [0, 1] (1 = object)")
-        for name, v in (("height", height), ("width", width)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1):
-                raise ValueError(f"`{name}` must be a positive integer or None (the model's size), got {v!r}")
-        mh, mw = self.default_size((h, w))
-        mh, mw = height or mh, width or mw
-        # the size the model samples at: a multiple of the VAE's factor (latent), of the UNet's (pixel)
-        f = self.vae_scale_factor if self.is_latent else self._unet_size_multiple()
-        if mh % f or mw % f:
-            raise ValueError(f"`height`x`width` is {mw}x{mh}; this model needs sides divisible by {f}")
-        gh, gw = (mh // f, mw // f) if self.is_latent else (mh, mw)
-        for name, n in (("n_in", n_in), ("n_out", n_out)):
-            if gh % n or gw % n:
-                raise ValueError(f"`{name}`={n} does not divide the model's {gw}x{gh} grid (sampled at {mw}x{mh})")
+        self.check_ilvr_inputs(images, masks, t_in, t_out, n_in, n_out, space, blur, num_inference_steps, prompt,
+                               negative_prompt, generator, output_type, height, width)
         sched = self.scheduler
         if not hasattr(sched, "alphas_cumprod") or float(getattr(sched, "init_noise_sigma", 1.0)) != 1.0:
             raise ValueError(
@@ -237,15 +159,6 @@ class MaskedILVRPipeline(DiffusionPipeline):
                 f"`resample_start` > 0 needs a DDIM or DDPM scheduler (steps re-run out of order), "
                 f"got {type(sched).__name__}"
             )
-
-    def _warn_inputs(self, masks, prompt) -> None:
-        for i, m in enumerate(masks):
-            if float(m.max()) == 0.0:
-                warnings.warn(f"`mask_image` {i} is empty: the whole image is background", stacklevel=3)
-            elif float(m.min()) == 1.0:
-                warnings.warn(f"`mask_image` {i} is full: the whole image is object", stacklevel=3)
-        if prompt is not None and not self.is_text_conditioned:
-            warnings.warn("`prompt` is ignored: this model is unconditional", stacklevel=3)
 
     # Follows diffusers' StableDiffusionPipeline.encode_prompt (padding to the tokenizer's
     # max length, an attention mask only where the encoder asks for one), without LoRA and clip-skip.
@@ -260,22 +173,14 @@ class MaskedILVRPipeline(DiffusionPipeline):
             attn = tok.attention_mask.to(device)
         return self.text_encoder(tok.input_ids.to(device), attention_mask=attn)[0]
 
-    # Follows diffusers' retrieve_latents(..., sample_mode="argmax") with scaling_factor / shift_factor.
-    def _encode_vae(self, x: torch.Tensor) -> torch.Tensor:
-        # The distribution's mode: the reference must not depend on the generator.
-        z = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode().float()
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (z - shift) * self.vae.config.scaling_factor
-
-    def _decode_vae(self, z: torch.Tensor) -> torch.Tensor:
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        z = z / self.vae.config.scaling_factor + shift
-        return self.vae.decode(z.to(self.vae.dtype)).sample.float()
-
     def _model_output(self, x, t, cond, guidance_scale, inpaint_cond, unet_dtype):
-        """The UNet's output for state ``x`` in float32, classifier-free guidance applied."""
+        """The UNet's output for state ``x`` in float32, classifier-free guidance applied.
+
+        ``cond`` holds the UNet's conditioning keywords (None: unconditional), each with
+        the unconditional half first when it has twice the batch (guidance on).
+        """
         x_in = self.scheduler.scale_model_input(x, t)
-        use_cfg = cond is not None and cond.shape[0] == 2 * x.shape[0]
+        use_cfg = cond is not None and cond["encoder_hidden_states"].shape[0] == 2 * x.shape[0]
         if use_cfg:
             x_in = torch.cat([x_in, x_in])
         if inpaint_cond is not None:
@@ -284,12 +189,23 @@ class MaskedILVRPipeline(DiffusionPipeline):
         if cond is None:
             out = self.unet(x_in, t).sample
         else:
-            out = self.unet(x_in, t, encoder_hidden_states=cond).sample
+            out = self.unet(x_in, t, **cond).sample
         out = out.float()[:, : x.shape[1]]  # drop learned-variance channels if any
         if use_cfg:
             uncond, text = out.chunk(2)
             out = uncond + guidance_scale * (text - uncond)
         return out
+
+    def encode_conditions(self, prompt, negative_prompt, batch: int, guidance_scale: float, device,
+                          height: int, width: int) -> dict | None:
+        """The UNet's conditioning keywords, unconditional half first when guidance is on."""
+        if not self.is_text_conditioned:
+            return None
+        prompts, negs = self.prompts_for(prompt, negative_prompt, batch)
+        cond = self.encode_prompt(prompts, device)
+        if guidance_scale > 1.0:
+            cond = torch.cat([self.encode_prompt(negs, device), cond])
+        return {"encoder_hidden_states": cond}
 
     def _inpaint_conditions(self, keep, masked_latents, time_masks) -> list:
         """The inpainting UNet's extra input, (mask channel, masked-image latent), per step.
@@ -425,13 +341,12 @@ class MaskedILVRPipeline(DiffusionPipeline):
             size; a tuple whose first element is the list of images when `return_dict` is False.
         """
         # 1. Convert and check inputs
-        images = [_to_tensor(im, "image", gray=False) for im in _as_list(image)]
-        masks = [_to_tensor(m, "mask_image", gray=True) for m in _as_list(mask_image)]
+        images, masks = read_inputs(image, mask_image)
         self.check_inputs(
             images, masks, t_in, t_out, n_in, n_out, space, blur, num_inference_steps, prompt,
             negative_prompt, resample_start, jump_length, jump_n_sample, generator, output_type, height, width,
         )
-        self._warn_inputs(masks, prompt)
+        self.warn_inputs(masks, prompt)
         device = self._execution_device
         batch = len(images)
         if len(masks) == 1:
@@ -443,49 +358,27 @@ class MaskedILVRPipeline(DiffusionPipeline):
         mask = torch.stack(masks).to(device)
 
         # 2. Encode the prompt (text models), unconditional embeddings first
-        cond = None
-        if self.is_text_conditioned:
-            prompts = [prompt or ""] * batch if not isinstance(prompt, list) else prompt
-            cond = self.encode_prompt(prompts, device)
-            if guidance_scale > 1.0:
-                negs = [negative_prompt or ""] * batch if not isinstance(negative_prompt, list) else negative_prompt
-                cond = torch.cat([self.encode_prompt(negs, device), cond])
+        cond = self.encode_conditions(prompt, negative_prompt, batch, guidance_scale, device, height, width)
 
         # 3. Bring the reference and the mask to the model's size, then to its grid
-        if (height, width) != (in_h, in_w):
-            y = F.interpolate(y, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-            mask = F.interpolate(mask, size=(height, width), mode="bilinear", antialias=True,
-                                 align_corners=False).clamp(0, 1)
+        y, mask = self.resize_reference(y, mask, height, width)
         if self.is_latent:
-            f = self.vae_scale_factor
             y0 = self._encode_vae(y)
             mask_grid = F.interpolate(mask, size=y0.shape[-2:], mode="area")
         else:
-            f = 1
             y0, mask_grid = y, mask
-        sigma = auto_blur_sigma(n_in, n_out) if blur == "auto" else float(blur) / f
-        mask_b = gaussian_blur(mask_grid, sigma)
-        stop = stop_fraction(mask_b, float(t_in), float(t_out))
-        phi_y0 = masked_lowpass(y0, n_in, n_out, mask_b)
 
-        # 4. Timesteps, time masks and initial noise
+        # 4. Timesteps, guidance plan (time masks) and initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         # K is the number of model calls; PNDM's PLMS warm-up adds one to the steps asked for.
         num_steps = len(timesteps)
-        # M_t depends on the step alone: computed once, not once per (re-)run of a step
-        time_masks, guided, last = [], [], None
-        for k in range(num_steps):
-            hard = stop * num_steps > k + 0.5
-            if last is None or not torch.equal(hard, last[0]):
-                last = (hard, time_mask(stop, k, num_steps, sigma))
-            time_masks.append(last[1])
-            guided.append(bool(hard.any()))
+        guide = plan_guidance(y0, mask_grid, t_in, t_out, n_in, n_out, blur, self.vae_scale_factor, num_steps)
         inpaint_conds = None
         if self.is_inpainting:
             keep = (mask_grid >= 0.5).float()
             masked_latents = self._encode_vae(y * (mask >= 0.5)) if t_in > 0 else torch.zeros_like(y0)
-            inpaint_conds = self._inpaint_conditions(keep, masked_latents, time_masks)
+            inpaint_conds = self._inpaint_conditions(keep, masked_latents, guide.time_masks)
         alphas = self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
         shape = (batch, y0.shape[1], y0.shape[2], y0.shape[3])
         x = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
@@ -511,41 +404,23 @@ class MaskedILVRPipeline(DiffusionPipeline):
                     continue
                 k = entry[1]
                 t = timesteps[k]
-                mt = time_masks[k]
                 inpaint_cond = inpaint_conds[k] if inpaint_conds is not None else None
                 out = self._model_output(x, t, cond, guidance_scale, inpaint_cond, unet_dtype)
-                if guided[k] and space == "x0":
+                if guide.guided[k] and space == "x0":
                     ab = alphas[t]
-                    x0 = _to_x0(out, x, ab, kind)
-                    x0 = x0 + mt * (phi_y0 - masked_lowpass(x0, n_in, n_out, mask_b))
+                    x0 = guide.update(_to_x0(out, x, ab, kind), k)
                     out = _from_x0(x0, x, ab, kind)
                 x = self.scheduler.step(out, t, x, **step_kwargs, return_dict=False)[0].float()
-                if guided[k] and space == "xt":
+                if guide.guided[k] and space == "xt":
+                    phi_yt = None  # after the last step: the clean reference
                     if k + 1 < num_steps:
                         # The level the step landed on, not one step noisier.
                         ab = alphas[timesteps[k + 1]]
                         noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-                        yt = ab.sqrt() * y0 + (1 - ab).sqrt() * noise
-                        phi_yt = masked_lowpass(yt, n_in, n_out, mask_b)
-                    else:
-                        phi_yt = phi_y0
-                    x = x + mt * (phi_yt - masked_lowpass(x, n_in, n_out, mask_b))
+                        phi_yt = guide.lowpass(ab.sqrt() * y0 + (1 - ab).sqrt() * noise)
+                    x = guide.update(x, k, phi_yt)
                 progress.update()
 
         # 6. Decode and return at the input size
         img = self._decode_vae(x) if self.is_latent else x
-        img = (img / 2 + 0.5).clamp(0, 1)
-        if img.shape[-2:] != (in_h, in_w):
-            img = F.interpolate(img, size=(in_h, in_w), mode="bicubic", antialias=True, align_corners=False)
-            img = img.clamp(0, 1)
-        img = img.cpu()
-        self.maybe_free_model_hooks()
-        if output_type == "pt":
-            result = img
-        else:
-            result = img.permute(0, 2, 3, 1).numpy()
-            if output_type == "pil":
-                result = self.numpy_to_pil(result)
-        if not return_dict:
-            return (result,)
-        return ImagePipelineOutput(images=result)
+        return self.postprocess(img, (in_h, in_w), output_type, return_dict)

@@ -2,30 +2,18 @@
 
 import contextlib
 import json
-import string
 
 import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from tiny_models import tiny_tokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from cdc_aug import MaskedILVRPipeline, models
 
 SIZE = 32  # the tiny VAE halves it: a 16x16 latent grid
 STEPS = 4
-
-
-def tiny_tokenizer(path) -> CLIPTokenizer:
-    # a character-level CLIP BPE vocabulary: no merges, no download
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + ".,!":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=16)
 
 
 def tiny_components(tmp_path, inpainting=False):
