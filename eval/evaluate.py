@@ -33,8 +33,8 @@ import numpy as np
 from cdc_aug.errors import UserError
 from cdc_aug.layout import read_splits, shape_file, shape_provenance, shapes_dir, split_of_key
 from cdc_aug.runinfo import derive_seed, output_lock, write_config
-from cdc_aug.safeio import atomic_write_text, commit, is_stage_error
-from cdc_aug.shards import ShardDamaged, check_shard, read_index, sidecar_keys, verified_samples
+from cdc_aug.safeio import atomic_write_bytes, atomic_write_text, is_stage_error
+from cdc_aug.shards import ShardDamaged, check_shard, read_index, shard_keys, verified_samples
 
 from .metrics import is_empty, mesh_metrics, spatial_order
 from .silhouette import Silhouettes, silhouette_iou
@@ -92,8 +92,7 @@ def _tar_keys(path: Path, entry: dict) -> list[str]:
     one-line UserError (scoring the views that survive would bias the means)."""
     try:
         check_shard(path, entry)
-        keys = sidecar_keys(path)
-        return keys if keys is not None else [s["__key__"] for s in verified_samples(path, entry)]
+        return shard_keys(path, entry)
     except ShardDamaged as e:
         raise UserError(f"{path}: {e.reason}; {e.lost()}; repair or regenerate it") from e
 
@@ -347,7 +346,8 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
         raise UserError(f"{sel.root}: {len(keys) - len(rows) - len(failures)} selected samples missing from their shards")
     if not rows:
         raise UserError(f"{sel.root}: no view could be scored ({len(failures)} failures in {out / 'failures.jsonl'})")
-    commit(partial, out / PER_VIEW)
+    atomic_write_bytes(out / PER_VIEW, partial.read_bytes())
+    partial.unlink()
     summary = {
         "data_dir": str(sel.root.resolve()),
         **dom,

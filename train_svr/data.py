@@ -224,11 +224,6 @@ class ShardSet:
         return list(dict.fromkeys(p for p, _ in self.items))
 
 
-def _shard_keys(path: Path) -> list[str]:
-    keys = sidecar_keys(path)
-    return keys if keys is not None else [s["__key__"] for s in verified_samples(path)]
-
-
 def open_shard_set(root: str | Path, split: str, check_shapes: bool = True) -> ShardSet:
     """Index one shard directory's ``split``; every problem is a one-line UserError.
     Each shard is checked against index.json (size, sha256); a damaged one is a one-line
@@ -244,7 +239,7 @@ def open_shard_set(root: str | Path, split: str, check_shapes: bool = True) -> S
         p = root / "shards" / entry["name"]
         try:
             check_shard(p, entry)
-            keys = _shard_keys(p)
+            keys = shard_keys(p, entry)
         except ShardDamaged as e:  # training on what survives would change the data unnoticed
             raise UserError(f"{p.parent}/{e}: {e.lost(lambda k: split_of_key(k) in wanted)} of the {split!r} "
                             "split; repair or regenerate it") from e
