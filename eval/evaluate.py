@@ -35,6 +35,7 @@ from cdc_aug.layout import read_splits, shape_file, shape_provenance, shapes_dir
 from cdc_aug.runinfo import derive_seed, output_lock, write_config
 from cdc_aug.safeio import atomic_write_bytes, atomic_write_text, is_stage_error
 from cdc_aug.shards import ShardDamaged, check_shard, read_index, shard_keys, verified_samples
+from render.groundtruth import GroundTruthCache
 
 from .metrics import is_empty, mesh_metrics, spatial_order
 from .silhouette import Silhouettes, silhouette_iou
@@ -197,36 +198,24 @@ def summarize(rows: list[dict]) -> dict:
 
 
 
-class _GroundTruth:
-    """The ground truth of the shape being evaluated (views of a shape are adjacent, so one
-    shape is held): the shape file's metric datasets (not its SDF samples), its surface
-    points in spatial order and their KD-tree, built once per shape instead of once per view."""
+METRIC_DATASETS = ("surface_points", "surface_normals", "occ_points", "occ_labels")
 
-    def __init__(self, root: Path, digests: dict | None = None):
-        self.root, self.key, self.data = root, None, None
-        self.digests = digests or {}
 
-    def get(self, synset: str, model_id: str) -> dict:
-        from scipy.spatial import cKDTree
+def _for_metrics(data: dict) -> dict:
+    """The surface points (with their normals) in Z-order, for faster KD-tree queries, and
+    their KD-tree: built once per shape instead of once per view."""
+    from scipy.spatial import cKDTree
 
-        from render.groundtruth import read
+    order = spatial_order(data["surface_points"])
+    data["surface_points"], data["surface_normals"] = data["surface_points"][order], data["surface_normals"][order]
+    data["tree"] = cKDTree(np.asarray(data["surface_points"], dtype=np.float64))
+    return data
 
-        key = (synset, model_id)
-        if key != self.key:
-            self.data, self.key = None, key
-            data = read(shape_file(self.root, synset, model_id), synset, model_id,
-                        self.digests.get(f"{synset}_{model_id}"), check=True)
-            if data is not None:
-                data = dict(data)
-                # surface points (with their normals) in Z-order: faster KD-tree queries
-                order = spatial_order(data["surface_points"])
-                data["surface_points"], data["surface_normals"] = data["surface_points"][order], \
-                    data["surface_normals"][order]
-                data["tree"] = cKDTree(np.asarray(data["surface_points"], dtype=np.float64))
-            self.data = data
-        if self.data is None:
-            raise ValueError(f"{shape_file(self.root, synset, model_id)}: unusable (see the first failure)")
-        return self.data
+
+def metric_ground_truth(shapes: Path, digests: dict | None = None) -> GroundTruthCache:
+    """The shape files as the metrics read them (not their SDF samples); one shape is held,
+    as the views of a shape are adjacent."""
+    return GroundTruthCache(shapes, METRIC_DATASETS, _for_metrics, digests, size=1)
 
 
 def _save_sample(out: Path, key: str, image: np.ndarray, mesh, camera: dict, silhouettes: Silhouettes) -> None:
@@ -288,7 +277,7 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
 
     keys = sel.keys
     to_save = _samples_to_save(keys, save_meshes)
-    gt = _GroundTruth(sel.shapes_root, shape_provenance(sel.root))
+    gt = metric_ground_truth(sel.shapes_root, shape_provenance(sel.root)) if sel.shapes_root is not None else None
     rows: list[dict] = []
     failures: list[dict] = []  # views that could not be scored (bad camera, bad shape file)
     partial = out / (PER_VIEW + ".partial")
@@ -311,7 +300,7 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
                     if camera_fn is not None:
                         camera = camera_fn(key, image, camera)
                     camera_tensors(camera, image.shape[:2], image.shape[0])  # NaN/inf or malformed K, RT
-                    g = gt.get(synset, model_id) if sel.shapes_root is not None else None
+                    g = gt.get(synset, model_id) if gt is not None else None
                 except (ValueError, KeyError, TypeError, OSError) as e:
                     if is_stage_error(e):
                         raise
