@@ -1,9 +1,11 @@
 """Shard I/O shared by every stage.
 
 A stage writes its samples into numbered WebDataset tar shards under ``<root>/shards``.
-Each shard is written under a temporary name, then a sidecar ``<shard>.json`` (count,
-sha256, bytes, keys, failures) is written, then both are renamed into place: a shard
-counts as complete only when its sidecar exists and agrees with the tar on disk. A stage
+Each shard is written by ``webdataset.TarWriter`` (fixed mtime and owner: the same samples
+give the same bytes) onto a temporary file that is renamed into place
+(``safeio.atomic_file``), then its sidecar ``<shard>.json`` (count, sha256, bytes, keys,
+failures) the same way: a shard counts as complete only when its sidecar exists and
+agrees with the tar on disk. A stage
 started again skips complete shards and rewrites the others, so every key ends up exactly
 once, however often it was interrupted. ``finalize`` merges the sidecars into
 ``index.json`` and ``failures.jsonl``.
@@ -15,7 +17,8 @@ Reading: every consumer (generate, train, eval, verify) reads shards through
 ``verified_samples``, which first checks the shard against its ``index.json`` entry (name,
 byte count, sha256; a shard already checked in this process with the same size, inode and
 mtime is not hashed again), refuses compressed tars, and caps every member at
-``safeio.cap("member")``. A shard that fails raises ``ShardDamaged``, which lists the keys
+``safeio.cap("member")``; members are grouped into samples by webdataset's
+``group_by_keys``. A shard that fails raises ``ShardDamaged``, which lists the keys
 lost with it (from the shard's sidecar); a stage records them and marks its own output
 shard for a retry, so a run started again after the input is repaired produces what a
 clean run produces. ``index.json`` shard names must match ``<prefix>-NNNNNN.tar``; any

@@ -91,8 +91,8 @@ class SVRDataModule(L.LightningDataModule):
         world = trainer.world_size if trainer is not None else 1
         ds = self.train_dataset()
         if trainer is not None and ds.node != (trainer.global_rank, trainer.world_size):
-            raise RuntimeError(f"webdataset sees rank {ds.node[0]} of {ds.node[1]}, the trainer "
-                               f"{trainer.global_rank} of {trainer.world_size}")
+            raise UserError(f"RANK/WORLD_SIZE say rank {ds.node[0]} of {ds.node[1]}, the trainer runs rank "
+                            f"{trainer.global_rank} of {trainer.world_size}; unset them or match --trainer.devices")
         per_worker = -(-self.epoch_samples // world) // max(self.num_workers, 1)
         if per_worker < self.batch_size:
             raise UserError(f"--data.batch_size {self.batch_size}: more than the {per_worker} samples each of "
