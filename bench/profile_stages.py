@@ -73,7 +73,7 @@ def eval_stage(data: Path, ckpt: Path, resolution: int, points: int, views: list
     from cdc_aug.runinfo import derive_seed
     from cdc_aug.samples import decode_sample
     from cdc_aug.shards import iter_tar_samples
-    from eval.evaluate import _GroundTruth, select
+    from eval.evaluate import metric_ground_truth, select
     from eval.metrics import inside, iou, point_metrics, sample_mesh
     from eval.silhouette import Silhouettes, silhouette_iou
     from train_svr.data import camera_tensors, image_tensor, input_image
@@ -82,7 +82,7 @@ def eval_stage(data: Path, ckpt: Path, resolution: int, points: int, views: list
     with timed("eval once", "model load (checkpoint -> module)"):
         model = load_model(ckpt)
     sel = select(data, split, views)
-    gt = _GroundTruth(sel.shapes_root)
+    gt = metric_ground_truth(sel.shapes_root)
     size = int(model.hparams.image_size)
     chunk = default_chunk("cpu")
     sil = Silhouettes()
@@ -104,7 +104,7 @@ def eval_stage(data: Path, ckpt: Path, resolution: int, points: int, views: list
                 break
             key = raw["__key__"]
             synset, model_id = key.rsplit("_", 1)[0].split("_", 1)
-            fresh = gt.key != (synset, model_id)
+            fresh = f"{synset}_{model_id}" not in gt._cache
             with timed("eval per shape", "h5 metric datasets + KD-tree build"):
                 g = gt.get(synset, model_id)
             if not fresh:
@@ -139,13 +139,13 @@ def train_stage(data: Path, batches: int) -> None:
 
     from cdc_aug.samples import decode_field
     from cdc_aug.shards import iter_tar_samples
-    from train_svr.data import GroundTruth, balanced_points, make_example, open_shard_set
+    from train_svr.data import balanced_points, ground_truth, make_example, open_shard_set
     from train_svr.inference import mesh_from_batch
     from train_svr.losses import svr_losses
     from train_svr.module import SVRModule
 
     sset = open_shard_set(data, "train")
-    gt = GroundTruth(sset.shapes)
+    gt = ground_truth(sset.shapes)
     rng = np.random.default_rng(0)
     sec = "train per sample (64 px, 1024 points)"
     examples, seen = [], set()
@@ -157,12 +157,12 @@ def train_stage(data: Path, batches: int) -> None:
         meta = decode_field("meta.json", raw["meta.json"])
         shape = (meta["synset"], meta["model_id"])
         with timed("train per shape", "h5 SDF samples read (first time, then cached)"):
-            arr, ins, outs = gt.sdf(*shape)
+            g = gt.get(*shape)
         if shape in seen:
             ROWS.pop()
         seen.add(shape)
         with timed(sec, "point sampling (balanced)"):
-            balanced_points(arr, 1024, rng, (ins, outs))
+            balanced_points(g["sdf_samples"], 1024, rng, (g["inside"], g["outside"]))
         with timed(sec, "make_example (PNG decode, resize, camera, points)"):
             examples.append(make_example(raw, gt, 64, 1024, rng))
     with timed("train per step (batch 8)", "collation", count=batches):

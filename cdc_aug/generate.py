@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import os
 import re
 import shutil
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -41,7 +39,7 @@ from .samples import decode_json, decode_png
 from .sampling import DEFAULTS as D
 from .sampling import parse_model_size, pipeline_size
 from .scenes import DEFAULT_NEGATIVE, DEFAULT_PROMPT, check_template, load_scenes, make_prompt
-from .shards import Failure, ShardDamaged, ShardStore, iter_tar_samples, read_index, verified_samples
+from .shards import Failure, ShardDamaged, ShardStore, read_index, shard_keys, verified_samples
 
 log = logging.getLogger(__name__)
 
@@ -371,20 +369,11 @@ class InputPlan:
     def read(cls, in_shards: list[Path], keep) -> InputPlan:
         keys, failures, pos = [], [], 0
         for p in in_shards:
-            side = p.with_name(p.name + ".json")
             try:
-                names = json.loads(side.read_text())["keys"]
-            except (OSError, ValueError, KeyError, TypeError):
+                names = shard_keys(p)
+            except ShardDamaged as e:  # no sidecar, and the shard cannot be read
                 names = []
-                it = iter_tar_samples(p)
-                try:
-                    for sample in it:
-                        names.append(sample["__key__"])
-                except (tarfile.TarError, OSError, EOFError) as e:
-                    failures.append((pos + sum(1 for k in names if keep(k)),
-                                     Failure(p.name, f"corrupt input shard, read stopped: {e}")))
-                finally:
-                    it.close()
+                failures.append((pos, Failure(p.name, f"corrupt input shard, read stopped: {e.reason}")))
             kept = [k for k in names if keep(k)]
             keys.append(kept)
             pos += len(kept)

@@ -16,16 +16,20 @@ shard member        CDC_AUG_MAX_MEMBER_BYTES        64 MiB
 
 Images are also bounded in pixels by Pillow's ``MAX_IMAGE_PIXELS`` (decompression bombs).
 
-Durability: ``atomic_write_bytes`` writes a temporary file, fsyncs it, renames it into
-place and fsyncs the directory, so a committed output survives a power cut and a crash
-never leaves a half-written file under the final name.
+Durability: ``atomic_file`` (``atomic_write_bytes`` and ``atomic_write_text`` write through
+it) writes a temporary file, fsyncs it, renames it into place and fsyncs the directory, so
+a committed output survives a power cut and a crash never leaves a half-written file under
+the final name.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 DEFAULT_CAPS = {
     "properties": 16 << 20,
@@ -109,14 +113,17 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path``: temporary file, fsync, rename, fsync the directory.
-    On any error the temporary file is removed and the old ``path`` is left as it was."""
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: a temporary file that, when the block ends
+    without error, is fsynced, renamed into place and its directory fsynced. On any error
+    (full disk, interrupt) the temporary file is removed and ``path`` is left as it was.
+    Every durable output of the project is written through here."""
     path = Path(path)
     tmp = tmp_name(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -126,12 +133,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Put a finished temporary file in place durably: fsync it, rename, fsync the directory."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(Path(path).parent)
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -1,9 +1,11 @@
 """Shard I/O shared by every stage.
 
 A stage writes its samples into numbered WebDataset tar shards under ``<root>/shards``.
-Each shard is written under a temporary name, then a sidecar ``<shard>.json`` (count,
-sha256, bytes, keys, failures) is written, then both are renamed into place: a shard
-counts as complete only when its sidecar exists and agrees with the tar on disk. A stage
+Each shard is written by ``webdataset.TarWriter`` (fixed mtime and owner: the same samples
+give the same bytes) onto a temporary file that is renamed into place
+(``safeio.atomic_file``), then its sidecar ``<shard>.json`` (count, sha256, bytes, keys,
+failures) the same way: a shard counts as complete only when its sidecar exists and
+agrees with the tar on disk. A stage
 started again skips complete shards and rewrites the others, so every key ends up exactly
 once, however often it was interrupted. ``finalize`` merges the sidecars into
 ``index.json`` and ``failures.jsonl``.
@@ -15,7 +17,8 @@ Reading: every consumer (generate, train, eval, verify) reads shards through
 ``verified_samples``, which first checks the shard against its ``index.json`` entry (name,
 byte count, sha256; a shard already checked in this process with the same size, inode and
 mtime is not hashed again), refuses compressed tars, and caps every member at
-``safeio.cap("member")``. A shard that fails raises ``ShardDamaged``, which lists the keys
+``safeio.cap("member")``; members are grouped into samples by webdataset's
+``group_by_keys``. A shard that fails raises ``ShardDamaged``, which lists the keys
 lost with it (from the shard's sidecar); a stage records them and marks its own output
 shard for a retry, so a run started again after the input is repaired produces what a
 clean run produces. ``index.json`` shard names must match ``<prefix>-NNNNNN.tar``; any
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .safeio import atomic_write_text, cap, fsync_dir, human, is_stage_error, tmp_name
+from .safeio import atomic_file, atomic_write_text, cap, human, is_stage_error
 from .samples import encode_sample
 
 INDEX = "index.json"
@@ -113,50 +116,18 @@ class ShardStore:
         identifies what the shard was made from, for ``is_done``.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
-        final = self.path(index)
-        tmp = tmp_name(final)
-        side_tmp = tmp_name(self.sidecar(index))
-        try:
-            return self._write(index, samples, failures, final, tmp, side_tmp, source)
-        except BaseException:
-            # A stage-level fault (full disk, I/O error, interrupt) leaves no temporaries
-            # and no half shard: the shard stays incomplete and a rerun writes it.
-            tmp.unlink(missing_ok=True)
-            side_tmp.unlink(missing_ok=True)
-            raise
-
-    def _write(self, index: int, samples, failures, final: Path, tmp: Path, side_tmp: Path, source) -> dict:
-        keys: list[str] = []
-        seen: set[str] = set()
-        h = hashlib.sha256()
-        with open(tmp, "wb") as raw:
-            hashing = _HashingWriter(raw, h)
-            # Fixed mtime/owner/mode so the same samples give the same bytes.
-            with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-                for sample in samples:
-                    key = sample["__key__"]
-                    if "." in key:
-                        raise ValueError(f"sample key {key!r} contains a dot")
-                    if key in seen:
-                        raise ValueError(f"duplicate key {key!r} in shard {final.name}")
-                    seen.add(key)
-                    keys.append(key)
-                    encoded = encode_sample(sample)
-                    for fname in sorted(k for k in encoded if not k.startswith("__")):
-                        data = encoded[fname]
-                        info = tarfile.TarInfo(f"{key}.{fname}")
-                        info.size = len(data)
-                        info.mtime = 0
-                        info.mode = 0o444
-                        info.uname = info.gname = "cdc-aug"
-                        tar.addfile(info, io.BytesIO(data))
-            raw.flush()
-            os.fsync(raw.fileno())
+        # The old sidecar goes first and the new one is put in place last: until then the
+        # shard counts as incomplete, so a stage-level fault (full disk, interrupt) anywhere
+        # below leaves a shard that the next run writes again, and no temporaries.
+        self.sidecar(index).unlink(missing_ok=True)
+        with atomic_file(self.path(index)) as raw:
+            out = _HashingWriter(raw)
+            keys = _write_tar(out, samples, self.name(index))
         meta = {
-            "name": final.name,
+            "name": self.name(index),
             "count": len(keys),
-            "sha256": h.hexdigest(),
-            "bytes": tmp.stat().st_size,
+            "sha256": out.h.hexdigest(),
+            "bytes": out.n,
             "keys": keys,
             "failures": [f.to_json() for f in (failures or [])],
         }
@@ -164,17 +135,7 @@ class ShardStore:
             meta["retry"] = True
         if source is not None:
             meta["source"] = source
-        with open(side_tmp, "w") as f:
-            f.write(json.dumps(meta))
-            f.flush()
-            os.fsync(f.fileno())
-        # Tar first, sidecar last: a crash in between leaves a tar without a sidecar,
-        # which counts as incomplete and is rewritten on the next run.
-        self.sidecar(index).unlink(missing_ok=True)
-        os.replace(tmp, final)
-        fsync_dir(self.dir)
-        os.replace(side_tmp, self.sidecar(index))
-        fsync_dir(self.dir)
+        atomic_write_text(self.sidecar(index), json.dumps(meta))
         return meta
 
     def clean_temporaries(self) -> int:
@@ -218,15 +179,42 @@ class ShardStore:
         return index
 
 
+def _write_tar(out, samples: Iterable[dict[str, Any]], name: str) -> list[str]:
+    """Write ``samples`` as one tar onto ``out``; returns their keys in order."""
+    from webdataset import TarWriter  # imports torch: only where shards are written
+
+    keys: list[str] = []
+    seen: set[str] = set()
+    # Fixed mtime, owner and mode: the same samples give the same bytes, whichever
+    # process and whenever. TarWriter writes each sample's members in sorted order.
+    with TarWriter(out, user="cdc-aug", group="cdc-aug", mode=0o444, mtime=0, encoder=encode_sample) as tar:
+        for sample in samples:
+            key = sample["__key__"]
+            # TarWriter takes any key; one with a dot would be read back as another key
+            # (a key ends at the first dot of a member name), a repeated one as one sample.
+            if "." in key:
+                raise ValueError(f"sample key {key!r} contains a dot")
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r} in shard {name}")
+            seen.add(key)
+            keys.append(key)
+            tar.write(sample)
+    return keys
+
+
 class _HashingWriter(io.RawIOBase):
-    def __init__(self, raw, h):
-        self.raw, self.h = raw, h
+    """Passes writes on to ``raw``, counting and hashing them (the sidecar's sha256 and
+    byte count, without reading the shard back)."""
+
+    def __init__(self, raw):
+        self.raw, self.h, self.n = raw, hashlib.sha256(), 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, b) -> int:
         self.h.update(b)
+        self.n += len(b)
         return self.raw.write(b)
 
 
@@ -272,18 +260,26 @@ def _magic_check(path: Path) -> None:
 
 
 def iter_tar_samples(path: str | os.PathLike, max_member: int | None = None) -> Iterator[dict[str, bytes]]:
-    """Yield samples (``{"__key__", "<field>": bytes}``) from one shard, in order, without
-    checking it against index.json (``verified_samples`` does that).
+    """Yield samples (``{"__key__", "__url__", "<field>": bytes}``) from one shard, in order,
+    without checking it against index.json (``verified_samples`` does that).
 
-    Members are grouped by key as WebDataset does: the key is the member name up to its
-    first dot. Only plain tars are read; a member larger than ``max_member`` (default
-    ``safeio.cap("member")``) is refused before it is read. Raises ``ShardDamaged`` for a
-    compressed shard, ``tarfile.TarError`` or ``OSError`` on a corrupt or truncated one.
+    Members are grouped into samples by webdataset's ``group_by_keys`` (the key is the
+    member name up to its first dot). Raises ``ShardDamaged`` for a compressed shard or a
+    member larger than ``max_member`` (default ``safeio.cap("member")``), ``tarfile.TarError``,
+    ``ValueError`` or ``OSError`` on a corrupt or truncated one.
     """
-    path = Path(path)
-    limit = cap("member") if max_member is None else max_member
+    from webdataset.tariterators import group_by_keys  # imports torch: only where shards are read
+
+    return group_by_keys(_tar_members(Path(path), cap("member") if max_member is None else max_member))
+
+
+def _tar_members(path: Path, limit: int) -> Iterator[dict[str, Any]]:
+    """The members of a plain tar as webdataset's ``tar_file_iterator`` gives them
+    (``fname``, ``data``, ``__url__``). Ours, not that one, because it opens with ``r|*``
+    (a gzip or xz shard would be inflated, a bomb included), reads every member whole
+    whatever its size, and stops quietly at a cut-off header; this one refuses compressed
+    tars, refuses a member over ``limit`` before reading it, and raises on truncation."""
     _magic_check(path)
-    current: dict[str, bytes] | None = None
     with tarfile.open(path, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
@@ -291,19 +287,11 @@ def iter_tar_samples(path: str | os.PathLike, max_member: int | None = None) -> 
             if member.size > limit:
                 raise ShardDamaged(path, f"member {member.name!r} is {human(member.size)}, "
                                          f"larger than the member cap of {human(limit)}")
-            base = member.name.rsplit("/", 1)[-1]
-            if "." not in base:
-                continue
-            key, fname = base.split(".", 1)
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key, "__shard__": str(path)}
             f = tar.extractfile(member)
             data = f.read() if f is not None else b""
             if len(data) != member.size:
                 raise tarfile.ReadError(f"{member.name}: truncated ({len(data)} of {member.size} bytes)")
-            current[fname] = data
+            yield {"fname": member.name, "data": data, "__url__": str(path)}
         end = tar.offset
     # tarfile stops quietly at a cut-off header; a complete shard ends in zero blocks.
     with open(path, "rb") as f:
@@ -311,8 +299,6 @@ def iter_tar_samples(path: str | os.PathLike, max_member: int | None = None) -> 
         tail = f.read(1 << 16)
     if len(tail) < 1024 or tail.count(0) != len(tail):
         raise tarfile.ReadError(f"{path.name}: truncated or damaged after byte {end}")
-    if current is not None:
-        yield current
 
 
 def sidecar_keys(path: Path) -> list[str] | None:
@@ -322,6 +308,16 @@ def sidecar_keys(path: Path) -> list[str] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return [str(k) for k in keys] if isinstance(keys, list) else None
+
+
+def shard_keys(path: str | os.PathLike, entry: dict[str, Any] | None = None) -> list[str]:
+    """The keys of one shard, in order: the list its sidecar holds (written with it), else
+    the keys read through ``verified_samples`` (``ShardDamaged`` if that fails). The
+    sidecar is trusted without hashing the shard, so a stage plans the same work whether or
+    not an input is damaged; readers that must refuse damage call ``check_shard`` first."""
+    path = Path(path)
+    keys = sidecar_keys(path)
+    return keys if keys is not None else [s["__key__"] for s in verified_samples(path, entry)]
 
 
 _VERIFIED: dict[str, tuple] = {}  # path -> (size, inode, mtime_ns, sha256) of shards hashed here
@@ -372,7 +368,7 @@ def verified_samples(path: str | os.PathLike, entry: dict[str, Any] | None = Non
         yield from iter_tar_samples(path)
     except ShardDamaged:
         raise
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:  # ValueError: a member twice in a sample
         if is_stage_error(e):
             raise
         raise ShardDamaged(path, f"unreadable ({e})", sidecar_keys(path)) from e

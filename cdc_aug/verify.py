@@ -83,7 +83,7 @@ def verify(root: str | Path, stage: str | None = None, check_hash: bool = True,
         except ShardDamaged as e:
             report.problems.append(f"{name}: {e.reason}")
             continue
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:  # ValueError: a member twice in a sample
             report.problems.append(f"{name}: unreadable after {count} samples ({e})")
             continue
         if count != entry["count"]:

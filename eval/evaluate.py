@@ -33,8 +33,9 @@ import numpy as np
 from cdc_aug.errors import UserError
 from cdc_aug.layout import read_splits, shape_file, shape_provenance, shapes_dir, split_of_key
 from cdc_aug.runinfo import derive_seed, output_lock, write_config
-from cdc_aug.safeio import atomic_write_text, commit, is_stage_error
-from cdc_aug.shards import ShardDamaged, check_shard, read_index, sidecar_keys, verified_samples
+from cdc_aug.safeio import atomic_write_bytes, atomic_write_text, is_stage_error
+from cdc_aug.shards import ShardDamaged, check_shard, read_index, shard_keys, verified_samples
+from render.groundtruth import GroundTruthCache
 
 from .metrics import is_empty, mesh_metrics, spatial_order, surface_tree
 from .silhouette import Silhouettes, silhouette_iou
@@ -92,8 +93,7 @@ def _tar_keys(path: Path, entry: dict) -> list[str]:
     one-line UserError (scoring the views that survive would bias the means)."""
     try:
         check_shard(path, entry)
-        keys = sidecar_keys(path)
-        return keys if keys is not None else [s["__key__"] for s in verified_samples(path, entry)]
+        return shard_keys(path, entry)
     except ShardDamaged as e:
         raise UserError(f"{path}: {e.reason}; {e.lost()}; repair or regenerate it") from e
 
@@ -198,34 +198,22 @@ def summarize(rows: list[dict]) -> dict:
 
 
 
-class _GroundTruth:
-    """The ground truth of the shape being evaluated (views of a shape are adjacent, so one
-    shape is held): the shape file's metric datasets (not its SDF samples), its surface
-    points in spatial order and their KD-tree, built once per shape instead of once per view."""
+METRIC_DATASETS = ("surface_points", "surface_normals", "occ_points", "occ_labels")
 
-    def __init__(self, root: Path, digests: dict | None = None):
-        self.root, self.key, self.data = root, None, None
-        self.digests = digests or {}
 
-    def get(self, synset: str, model_id: str) -> dict:
-        from render.groundtruth import read
+def _for_metrics(data: dict) -> dict:
+    """The surface points (with their normals) in Z-order, for faster KD-tree queries, and
+    their KD-tree: built once per shape instead of once per view."""
+    order = spatial_order(data["surface_points"])
+    data["surface_points"], data["surface_normals"] = data["surface_points"][order], data["surface_normals"][order]
+    data["tree"] = surface_tree(data["surface_points"])
+    return data
 
-        key = (synset, model_id)
-        if key != self.key:
-            self.data, self.key = None, key
-            data = read(shape_file(self.root, synset, model_id), synset, model_id,
-                        self.digests.get(f"{synset}_{model_id}"), check=True)
-            if data is not None:
-                data = dict(data)
-                # surface points (with their normals) in Z-order: faster KD-tree queries
-                order = spatial_order(data["surface_points"])
-                data["surface_points"], data["surface_normals"] = data["surface_points"][order], \
-                    data["surface_normals"][order]
-                data["tree"] = surface_tree(data["surface_points"])
-            self.data = data
-        if self.data is None:
-            raise ValueError(f"{shape_file(self.root, synset, model_id)}: unusable (see the first failure)")
-        return self.data
+
+def metric_ground_truth(shapes: Path, digests: dict | None = None) -> GroundTruthCache:
+    """The shape files as the metrics read them (not their SDF samples); one shape is held,
+    as the views of a shape are adjacent."""
+    return GroundTruthCache(shapes, METRIC_DATASETS, _for_metrics, digests, size=1)
 
 
 def _save_sample(out: Path, key: str, image: np.ndarray, mesh, camera: dict, silhouettes: Silhouettes) -> None:
@@ -287,7 +275,7 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
 
     keys = sel.keys
     to_save = _samples_to_save(keys, save_meshes)
-    gt = _GroundTruth(sel.shapes_root, shape_provenance(sel.root))
+    gt = metric_ground_truth(sel.shapes_root, shape_provenance(sel.root)) if sel.shapes_root is not None else None
     rows: list[dict] = []
     failures: list[dict] = []  # views that could not be scored (bad camera, bad shape file)
     partial = out / (PER_VIEW + ".partial")
@@ -310,7 +298,7 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
                     if camera_fn is not None:
                         camera = camera_fn(key, image, camera)
                     camera_tensors(camera, image.shape[:2], image.shape[0])  # NaN/inf or malformed K, RT
-                    g = gt.get(synset, model_id) if sel.shapes_root is not None else None
+                    g = gt.get(synset, model_id) if gt is not None else None
                 except (ValueError, KeyError, TypeError, OSError) as e:
                     if is_stage_error(e):
                         raise
@@ -345,7 +333,8 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
         raise UserError(f"{sel.root}: {len(keys) - len(rows) - len(failures)} selected samples missing from their shards")
     if not rows:
         raise UserError(f"{sel.root}: no view could be scored ({len(failures)} failures in {out / 'failures.jsonl'})")
-    commit(partial, out / PER_VIEW)
+    atomic_write_bytes(out / PER_VIEW, partial.read_bytes())
+    partial.unlink()
     summary = {
         "data_dir": str(sel.root.resolve()),
         **dom,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -195,10 +196,10 @@ def check_file(path: Path, synset: str, model_id: str, digest: str | None = None
 
 
 def read(path: str | Path, synset: str | None = None, model_id: str | None = None, digest: str | None = None,
-         check: bool = False) -> dict:
-    """All datasets and attributes of a shape file. With ``check`` (or any expectation
-    given) its provenance is checked; a missing, truncated or foreign file is a
-    one-line GroundTruthError."""
+         check: bool = False, names: tuple[str, ...] | None = None) -> dict:
+    """The datasets ``names`` (default: all) and the attributes of a shape file. With
+    ``check`` (or any expectation given) its provenance is checked; a missing, truncated or
+    foreign file, or one without a dataset asked for, is a one-line GroundTruthError."""
     import h5py
 
     path = Path(path)
@@ -206,11 +207,53 @@ def read(path: str | Path, synset: str | None = None, model_id: str | None = Non
         with h5py.File(path, "r") as f:
             if check or synset or model_id or digest:
                 check_provenance(f.attrs, path, synset, model_id, digest)
-            out = {name: f[name][()] for name in f}
+            out = {name: f[name][()] for name in (f if names is None else [n for n in names if n in f])}
             out["attrs"] = dict(f.attrs)
     except (OSError, KeyError) as e:
         raise GroundTruthError(f"{path}: unreadable shape file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
-    missing = [n for n in DATASETS if n not in out]
+    missing = [n for n in (DATASETS if names is None else names) if n not in out]
     if missing:
         raise GroundTruthError(f"{path}: shape file lacks {', '.join(missing)}")
     return out
+
+
+class GroundTruthCache:
+    """What a reader derives from the shape files of a shapes directory, kept for the
+    ``size`` shapes used last (per process: a forked DataLoader worker starts from a copy,
+    a pickled cache starts empty).
+
+    ``prepare`` gets the datasets ``names`` of one shape file, read with its provenance
+    checked against ``digests`` (shape key -> digest, ``layout.shape_provenance``), and
+    returns what is kept: training keeps the SDF samples split by sign (reading and
+    decompressing them was over half of a sample's loading time), eval the surface points
+    in spatial order with their KD-tree. A file that cannot be used raises
+    GroundTruthError, as does every later request for it, without reading it again.
+    """
+
+    def __init__(self, root: str | Path, names: tuple[str, ...] = DATASETS, prepare=None,
+                 digests: dict | None = None, size: int = 64):
+        self.root, self.names, self.prepare, self.size = Path(root), tuple(names), prepare, size
+        self.digests = dict(digests or {})
+        self._cache: OrderedDict[str, object] = OrderedDict()
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cache": OrderedDict()}
+
+    def get(self, synset: str, model_id: str):
+        from cdc_aug.layout import shape_file
+
+        key = f"{synset}_{model_id}"
+        hit = self._cache.pop(key, None)
+        if hit is None:
+            try:
+                data = read(shape_file(self.root, synset, model_id), synset, model_id, self.digests.get(key),
+                            check=True, names=self.names)
+                hit = self.prepare(data) if self.prepare is not None else data
+            except GroundTruthError as e:
+                hit = e
+            if len(self._cache) >= self.size:
+                self._cache.popitem(last=False)
+        self._cache[key] = hit
+        if isinstance(hit, GroundTruthError):
+            raise GroundTruthError(str(hit))
+        return hit

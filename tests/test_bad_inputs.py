@@ -268,7 +268,7 @@ def _nan_camera(render_dir: Path, key: str) -> None:
         samples = list(verified_samples(p))
         if any(s["__key__"] == key for s in samples):
             for s in samples:
-                s.pop("__shard__")
+                s.pop("__url__")  # where it was read from, not a field
                 if s["__key__"] == key:
                     cam = json.loads(s["camera.json"])
                     cam["RT"][0][3] = float("nan")
@@ -304,7 +304,7 @@ def test_nan_camera_is_a_recorded_skip_in_train_and_eval(tmp_path, renders):
 def test_truncated_and_foreign_shape_files_are_recorded(tmp_path, renders):
     from eval.evaluate import evaluate
     from render.groundtruth import GroundTruthError, read
-    from train_svr.data import GroundTruth
+    from train_svr.data import ground_truth
 
     _shape_files(renders)
     shapes = renders.parent / "shapes"
@@ -320,7 +320,7 @@ def test_truncated_and_foreign_shape_files_are_recorded(tmp_path, renders):
     with pytest.raises(GroundTruthError, match="holds 03001627/chair0, not 03001627/chair2"):
         read(shape_file(shapes, "03001627", "chair2"), "03001627", "chair2")
     with pytest.raises(GroundTruthError, match="not 03001627/chair2"):
-        GroundTruth(shapes).sdf("03001627", "chair2")
+        ground_truth(shapes).get("03001627", "chair2")
 
 
 def test_other_seed_or_source_never_replaces_ground_truth(tmp_path, capsys):
@@ -405,7 +405,7 @@ def test_full_disk_stops_the_stage_and_a_rerun_matches_a_clean_run(tmp_path, mon
             "--size", "32", "--shapes-per-shard", "2", "--no-progress", "--config", str(tmp_path / "gt.yaml")]
     (tmp_path / "gt.yaml").write_text("gt_surface_points: 300\ngt_sdf_points: 200\ngt_occ_points: 300\n")
     assert cli_main([*argv, "--out", str(tmp_path / "clean" / "r")]) == 0
-    target = (render.groundtruth, "atomic_write_bytes") if where == "h5" else (cdc_aug.shards, "fsync_dir")
+    target = (render.groundtruth, "atomic_write_bytes") if where == "h5" else (cdc_aug.shards, "atomic_file")
     real = getattr(*target)
     calls = []
 

@@ -33,11 +33,11 @@ def renders(tmp_path_factory):
 def views(root, split):
     """(images (N, 3, S, S), RT (N, 3, 4)) of every view of a split."""
     from cdc_aug.shards import iter_tar_samples
-    from train_svr.data import GroundTruth, make_example, open_shard_set
+    from train_svr.data import ground_truth, make_example, open_shard_set
 
     s = open_shard_set(root, split)
     want = {k for _, k in s.items}
-    gt, rng = GroundTruth(s.shapes), np.random.default_rng(0)
+    gt, rng = ground_truth(s.shapes), np.random.default_rng(0)
     ex = [make_example(raw, gt, SIZE, 8, rng) for p in s.shards for raw in iter_tar_samples(p) if raw["__key__"] in want]
     return torch.stack([e["image"] for e in ex]), torch.stack([e["RT"] for e in ex])
 

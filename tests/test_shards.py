@@ -94,3 +94,15 @@ def test_finalize_refuses_incomplete(tmp_path):
     with pytest.raises(RuntimeError, match="not complete"):
         store.finalize(2)
     assert json.loads(store.sidecar(0).read_text())["count"] == 1
+
+
+def test_webdataset_reads_our_shards(tmp_path):
+    """The shards are plain WebDataset tars: webdataset's own reader sees the same samples."""
+    import webdataset as wds
+
+    store = ShardStore(tmp_path, "aug", "aug")
+    store.write(0, _samples(3))
+    ours = list(iter_tar_samples(store.path(0)))
+    theirs = list(wds.WebDataset(str(store.path(0)), shardshuffle=False))
+    assert [s["__key__"] for s in theirs] == [s["__key__"] for s in ours]
+    assert all(t["image.png"] == o["image.png"] and t["meta.json"] == o["meta.json"] for t, o in zip(theirs, ours))

@@ -1,5 +1,6 @@
-"""Persistent DataLoader workers (started once per run) still shuffle each epoch as a
-fresh loader would: the epoch reaches them through shared memory (ShardStream.epoch)."""
+"""The training loader: persistent DataLoader workers (started once per run) still shuffle
+each epoch as a fresh loader would (the epoch reaches them through shared memory,
+ShardStream.epoch), and the stream has a length that is the epoch's step count."""
 
 from __future__ import annotations
 
@@ -45,3 +46,29 @@ def test_persistent_worker_sees_each_epoch_like_a_fresh_loader(renders):
     assert persistent == fresh
     assert persistent[0] != persistent[1]  # the epoch did reach the worker
     assert all(len(keys) == 8 for keys in persistent)
+
+
+@pytest.mark.parametrize("workers, epoch_samples, steps", [(0, 10, 5), (2, 10, 4)])
+def test_the_training_stream_has_a_length(renders, workers, epoch_samples, steps):
+    """len(loader) is the number of steps an epoch really has (each worker drops its own
+    last partial batch: 2 workers x 5 samples in batches of 2 give 4 steps, not 5)."""
+    dm = SVRDataModule(str(renders), image_size=32, batch_size=2, num_workers=workers, points=16, val_shapes=0,
+                       epoch_samples=epoch_samples)
+    dm.trainer = FakeTrainer()
+    loader = dm.train_dataloader()
+    assert len(loader) == steps == sum(1 for _ in loader)
+
+
+def test_lightning_sees_the_epoch_length(renders):
+    """What the progress bar shows as the total (it showed ``13/--`` without a length)."""
+    import lightning as L
+
+    from train_svr.module import SVRModule
+
+    dm = SVRDataModule(str(renders), image_size=32, batch_size=2, num_workers=0, points=16, val_shapes=0,
+                       epoch_samples=6)
+    model = SVRModule(image_size=32, encoder_width=8, latent_dim=16, decoder_width=8, detail_channels=8)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.num_training_batches == 3 and trainer.global_step == 3

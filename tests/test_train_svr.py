@@ -121,11 +121,14 @@ def test_same_seed_same_batch(renders):
     assert (a["sdf"] < 0).float().mean() == 0.5  # balanced by sign
 
 
-def test_ranks_and_workers_split_an_epoch_without_overlap(renders):
+def test_ranks_and_workers_split_an_epoch_without_overlap(renders, monkeypatch):
     dm = SVRDataModule(str(renders), image_size=64, batch_size=2, num_workers=2, points=64, val_shapes=0)
     seen = []
     for rank in (0, 1):
-        loader = torch.utils.data.DataLoader(dm.train_dataset(rank, 2), batch_size=2, num_workers=2, drop_last=True)
+        monkeypatch.setenv("RANK", str(rank))  # as torchrun sets them; webdataset's split_by_node reads them
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        loader = torch.utils.data.DataLoader(dm.train_dataset(), batch_size=2, num_workers=2, drop_last=True)
+        assert len(loader) == 2
         keys = [k for b in loader for k in b["key"]]
         assert len(keys) == 4  # 8 samples / 2 ranks, 2 per worker
         seen += keys

@@ -8,31 +8,37 @@ samples get the same losses as clean ones; a sample without them (an older gener
 run) gets ``has_detail = 0`` and the Laplacian term skips it (the SDF losses still apply).
 
 Splitting: the train samples of a shard set, in shard order, are cut into
-``world_size * num_workers`` contiguous blocks, one per (rank, worker), so each worker
-reads about 1/(world*workers) of the shards. An epoch has a fixed length (the train
-sample count unless ``epoch_samples`` says otherwise) divided among ranks and then workers,
-so steps per epoch do not multiply with either; when the length divides evenly each
-sample is seen exactly once per epoch.
+``world_size * num_workers`` contiguous blocks, one per (rank, worker), which webdataset's
+``split_by_node`` and ``split_by_worker`` hand out, so each worker reads about
+1/(world*workers) of the shards. An epoch has a fixed length (the train sample count
+unless ``epoch_samples`` says otherwise) divided among ranks and then workers
+(``with_epoch``), so steps per epoch do not multiply with either; when the length divides
+evenly each sample is seen exactly once per epoch. The stream has a length (the progress
+bar shows a total).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
-from collections import OrderedDict
+import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import webdataset as wds
 from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from cdc_aug.errors import UserError
 from cdc_aug.layout import read_splits, shape_file, shape_provenance, shapes_dir, split_of_key
 from cdc_aug.samples import decode_field
-from cdc_aug.shards import ShardDamaged, check_shard, read_index, sidecar_keys, verified_samples
+from cdc_aug.shards import ShardDamaged, check_shard, read_index, shard_keys, verified_samples
+from render.groundtruth import GroundTruthCache
 
 from .geometry import resize_intrinsics
 
@@ -90,70 +96,17 @@ def _resize_nearest(arr: np.ndarray, size: int) -> np.ndarray:
     return arr[ys][:, xs]
 
 
-class GroundTruth:
-    """Per-process cache of h5 shape files and their decoded SDF samples (a forked worker
-    starts its own). Reading and decompressing ``sdf_samples`` was over half of a
-    sample's loading time; consecutive samples of a shard mostly share shapes, so a
-    small cache of decoded arrays removes most of it."""
+def _by_sign(data: dict) -> dict:
+    sdf = np.asarray(data.pop("sdf_samples"), dtype=np.float32)
+    return {**data, "sdf_samples": sdf, "inside": np.flatnonzero(sdf[:, 3] < 0),
+            "outside": np.flatnonzero(sdf[:, 3] >= 0)}
 
-    def __init__(self, root: Path, max_open: int = 64, max_cached: int = 64, digests: dict | None = None):
-        self.root = Path(root)
-        self.max_open, self.max_cached = max_open, max_cached
-        self.digests = dict(digests or {})  # shape key -> provenance digest (layout.shape_provenance)
-        self._files: OrderedDict[str, object] = OrderedDict()
-        self._sdf: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
-        self._pid = os.getpid()
 
-    def __getstate__(self):
-        return {"root": self.root, "max_open": self.max_open, "max_cached": self.max_cached, "digests": self.digests}
-
-    def __setstate__(self, state):
-        self.__init__(state["root"], state["max_open"], state["max_cached"], state.get("digests"))
-
-    def file(self, synset: str, model_id: str):
-        import h5py
-
-        if self._pid != os.getpid():
-            self._files.clear()
-            self._sdf.clear()
-            self._pid = os.getpid()
-        path = str(shape_file(self.root, synset, model_id))
-        f = self._files.pop(path, None)
-        if f is None:
-            from render.groundtruth import GroundTruthError, check_provenance
-
-            try:
-                f = h5py.File(path, "r")
-            except OSError as e:  # truncated or not HDF5: the sample is skipped and logged
-                raise GroundTruthError(f"{path}: unreadable shape file ({str(e).splitlines()[0]})") from e
-            try:
-                check_provenance(f.attrs, Path(path), synset, model_id,
-                                 self.digests.get(f"{synset}_{model_id}"))
-            except GroundTruthError:
-                f.close()
-                raise
-            if len(self._files) >= self.max_open:
-                self._files.popitem(last=False)[1].close()
-        self._files[path] = f
-        return f
-
-    def sdf(self, synset: str, model_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sdf_samples (N, 4), indices inside, indices outside)."""
-        key = f"{synset}/{model_id}"
-        hit = self._sdf.pop(key, None)
-        if hit is None:
-            try:
-                arr = np.asarray(self.file(synset, model_id)["sdf_samples"][:], dtype=np.float32)
-            except (OSError, KeyError) as e:
-                from render.groundtruth import GroundTruthError
-
-                raise GroundTruthError(f"{shape_file(self.root, synset, model_id)}: unreadable sdf_samples "
-                                       f"({str(e).splitlines()[0]})") from e
-            hit = (arr, np.flatnonzero(arr[:, 3] < 0), np.flatnonzero(arr[:, 3] >= 0))
-            if len(self._sdf) >= self.max_cached:
-                self._sdf.popitem(last=False)
-        self._sdf[key] = hit
-        return hit
+def ground_truth(shapes: str | Path, digests: dict | None = None, surface: bool = False) -> GroundTruthCache:
+    """The shape files as training reads them: SDF samples split by sign (and, with
+    ``surface``, the surface points validation scores against), cached per process."""
+    names = ("sdf_samples", "surface_points") if surface else ("sdf_samples",)
+    return GroundTruthCache(shapes, names, _by_sign, digests)
 
 
 def balanced_points(sdf_samples: np.ndarray, n: int, rng: np.random.Generator,
@@ -172,7 +125,7 @@ def balanced_points(sdf_samples: np.ndarray, n: int, rng: np.random.Generator,
     return s[:, :3].astype(np.float32), s[:, 3].astype(np.float32)
 
 
-def make_example(raw: dict, gt: GroundTruth, size: int, points: int, rng: np.random.Generator,
+def make_example(raw: dict, gt: GroundTruthCache, size: int, points: int, rng: np.random.Generator,
                  surface_points: int = 0) -> dict:
     """One model input from one raw (bytes) sample."""
     meta = decode_field("meta.json", raw["meta.json"])
@@ -200,11 +153,11 @@ def make_example(raw: dict, gt: GroundTruth, size: int, points: int, rng: np.ran
         out["normal"] = torch.zeros(3, size, size)
         out["depth"] = torch.zeros(1, size, size)
         out["has_detail"] = torch.tensor(0.0)
-    arr, inside, outside = gt.sdf(meta["synset"], meta["model_id"])
-    xyz, sdf = balanced_points(arr, points, rng, (inside, outside))
+    g = gt.get(meta["synset"], meta["model_id"])
+    xyz, sdf = balanced_points(g["sdf_samples"], points, rng, (g["inside"], g["outside"]))
     out["points"], out["sdf"] = torch.from_numpy(xyz), torch.from_numpy(sdf)
     if surface_points:
-        surf = gt.file(meta["synset"], meta["model_id"])["surface_points"][:]
+        surf = g["surface_points"]
         idx = rng.choice(len(surf), min(surface_points, len(surf)), replace=False)
         out["surface"] = torch.from_numpy(surf[np.sort(idx)].astype(np.float32))
     return out
@@ -224,11 +177,6 @@ class ShardSet:
         return list(dict.fromkeys(p for p, _ in self.items))
 
 
-def _shard_keys(path: Path) -> list[str]:
-    keys = sidecar_keys(path)
-    return keys if keys is not None else [s["__key__"] for s in verified_samples(path)]
-
-
 def open_shard_set(root: str | Path, split: str, check_shapes: bool = True) -> ShardSet:
     """Index one shard directory's ``split``; every problem is a one-line UserError.
     Each shard is checked against index.json (size, sha256); a damaged one is a one-line
@@ -244,7 +192,7 @@ def open_shard_set(root: str | Path, split: str, check_shapes: bool = True) -> S
         p = root / "shards" / entry["name"]
         try:
             check_shard(p, entry)
-            keys = _shard_keys(p)
+            keys = shard_keys(p, entry)
         except ShardDamaged as e:  # training on what survives would change the data unnoticed
             raise UserError(f"{p.parent}/{e}: {e.lost(lambda k: split_of_key(k) in wanted)} of the {split!r} "
                             "split; repair or regenerate it") from e
@@ -267,30 +215,80 @@ def open_shard_set(root: str | Path, split: str, check_shapes: bool = True) -> S
     return ShardSet(root, shapes, items, shape_provenance(root))
 
 
-def _split_range(n: int, parts: int, i: int) -> tuple[int, int]:
-    return i * n // parts, (i + 1) * n // parts
+def _blocks(items: list, n: int) -> list[list]:
+    """``items`` cut into ``n`` contiguous blocks of near-equal size (a block's samples
+    share few shards). With fewer items than blocks, block i holds item i % len(items):
+    some samples repeat, none is left out."""
+    if len(items) >= n:
+        return [items[i * len(items) // n:(i + 1) * len(items) // n] for i in range(n)]
+    return [[items[i % len(items)]] for i in range(n)]
+
+
+def _read_blocks(blocks: Iterable[list[tuple[Path, str]]], rng: random.Random) -> Iterator[dict]:
+    """The raw samples of each block, shard by shard in a random order, every shard checked
+    by ``verified_samples`` as it is read; one damaged since ``open_shard_set`` checked it
+    is skipped with a warning that names it."""
+    for block in blocks:
+        by_shard: dict[Path, set[str]] = {}
+        for p, k in block:
+            by_shard.setdefault(p, set()).add(k)
+        shards = list(by_shard)
+        rng.shuffle(shards)
+        for shard in shards:
+            try:
+                for raw in verified_samples(shard):
+                    if raw["__key__"] in by_shard[shard]:
+                        yield raw
+            except ShardDamaged as e:
+                log.warning("skipped the rest of %s: %s", shard, e.reason)
+
+
+def _mix(streams: list, weights: np.ndarray, rng: np.random.Generator, roots: list[Path]) -> Iterator[tuple[int, dict]]:
+    """``(set, raw sample)`` drawn from the sets' endless streams by weight.
+
+    Not ``webdataset.RandomMix``: it draws from the process-wide ``random`` module, so the
+    mix would change with whatever else used it, and an epoch of a persistent worker would
+    differ from a fresh loader's; here every draw comes from the epoch's own generator."""
+    its = [iter(s) for s in streams]
+    while True:
+        s = int(rng.choice(len(its), p=weights)) if len(its) > 1 else 0
+        try:
+            yield s, next(its[s])
+        except StopIteration:  # the stream gave nothing in a whole pass: every shard of the block is damaged
+            raise UserError(f"{roots[s]}: none of this worker's samples could be read (see the warnings)") from None
 
 
 class ShardStream(IterableDataset):
-    """Training samples for one (rank, worker), a fixed number per epoch (see module doc).
+    """Training samples for one rank, a fixed number per epoch (see module doc), as a
+    webdataset pipeline built for each epoch in each DataLoader worker:
 
-    ``rank`` and ``world_size`` are set by the data module in the main process; the
-    worker index comes from the DataLoader. ``epoch`` is set before each epoch's iterator
-    is created, so shuffles differ per epoch and are reproducible.
+    per set: its samples cut into one contiguous block per (rank, worker) slot ->
+    ``split_by_node`` -> ``split_by_worker`` (one block each) -> the block's shards read and
+    checked -> ``shuffle``, repeated endlessly; then the sets mixed by weight -> examples
+    (a bad sample is skipped and logged with its key) -> ``with_epoch`` (this worker's share).
+
+    The rank comes from webdataset (``RANK``/``WORLD_SIZE``, else torch.distributed), the
+    worker from the DataLoader. ``epoch`` is set before each epoch's iterator is created, so
+    shuffles differ per epoch and are reproducible. ``batch_size`` and ``num_workers`` (the
+    DataLoader's) count ``len``: the samples of whole batches this rank yields per epoch.
     """
 
     def __init__(self, sets: list[ShardSet], weights: list[float], image_size: int, points: int,
-                 epoch_samples: int, seed: int = 0, shuffle_buffer: int = 64):
+                 epoch_samples: int, seed: int = 0, shuffle_buffer: int = 64, batch_size: int = 1,
+                 num_workers: int = 0):
         self.sets, self.image_size, self.points = sets, image_size, points
         w = np.asarray(weights, dtype=np.float64)
         self.weights = w / w.sum()
         self.epoch_samples, self.seed, self.shuffle_buffer = epoch_samples, seed, shuffle_buffer
+        self.batch_size, self.num_workers = batch_size, num_workers
         # The epoch lives in shared memory: persistent DataLoader workers (started once per
         # run, keeping their h5 caches, instead of once per epoch) read the value the main
         # process sets before each epoch's iterator starts.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self.rank, self.world_size, self.epoch = 0, 1, 0
-        self.gts = [GroundTruth(s.shapes, digests=s.digests) for s in sets]
+        self.epoch = 0
+        self.gts = [ground_truth(s.shapes, s.digests) for s in sets]
+        # (rank, world size) where the stream is made; a worker that saw others would split wrong
+        self.node = wds.utils.pytorch_worker_info()[:2]
 
     @property
     def epoch(self) -> int:
@@ -300,68 +298,66 @@ class ShardStream(IterableDataset):
     def epoch(self, value: int) -> None:
         self._epoch.fill_(int(value))
 
-    def slot(self) -> tuple[int, int, int, int]:
-        info = get_worker_info()
-        nw, wid = (info.num_workers, info.id) if info is not None else (1, 0)
-        return self.rank * nw + wid, self.world_size * nw, wid, nw
+    def quota(self, worker: int, num_workers: int, world_size: int) -> int:
+        """Samples worker ``worker`` of a rank yields per epoch."""
+        per_rank = math.ceil(self.epoch_samples / world_size)
+        return (worker + 1) * per_rank // num_workers - worker * per_rank // num_workers
 
-    def quota(self) -> int:
-        """Samples this worker yields this epoch."""
-        _, _, wid, nw = self.slot()
-        per_rank = math.ceil(self.epoch_samples / self.world_size)
-        lo, hi = _split_range(per_rank, nw, wid)
-        return hi - lo
-
-    def _raw(self, s: int, rng: np.random.Generator):
-        """Endless raw samples of set ``s``'s block for this slot, reshuffled each pass."""
-        slot, nslots, _, _ = self.slot()
-        items = self.sets[s].items
-        if len(items) >= nslots:
-            lo, hi = _split_range(len(items), nslots, slot)
-            block = items[lo:hi]
-        else:  # fewer samples than slots: some are repeated, none is left out
-            block = [items[slot % len(items)]]
-        by_shard: dict[Path, set[str]] = {}
-        for p, k in block:
-            by_shard.setdefault(p, set()).add(k)
-        shards = list(by_shard)
-        while True:
-            buf: list[dict] = []
-            for j in rng.permutation(len(shards)):
-                keys = by_shard[shards[j]]
-                try:
-                    for raw in verified_samples(shards[j]):
-                        if raw["__key__"] not in keys:
-                            continue
-                        buf.append(raw)
-                        if len(buf) >= self.shuffle_buffer:
-                            yield buf.pop(int(rng.integers(len(buf))))
-                except ShardDamaged as e:  # damaged since open_shard_set checked it
-                    log.warning("skipped the rest of %s: %s", shards[j], e.reason)
-            while buf:
-                yield buf.pop(int(rng.integers(len(buf))))
+    def __len__(self) -> int:
+        # What ``with_length`` would set, as a method: with_length swaps the object's class
+        # for one made at run time, which pickle cannot find (DataLoader workers started by
+        # spawn or forkserver). Each worker batches its own share and drops its last partial
+        # batch, so whole batches are counted per worker: len(DataLoader) is the step count.
+        _, world, _, _ = wds.utils.pytorch_worker_info()
+        nw = max(self.num_workers, 1)
+        return sum(q - q % self.batch_size for q in (self.quota(w, nw, world) for w in range(nw)))
 
     def __iter__(self):
-        slot, _, _, _ = self.slot()
-        rng = np.random.default_rng([self.seed, self.epoch, slot])
-        streams = [self._raw(s, np.random.default_rng([self.seed, self.epoch, slot, s]))
-                   for s in range(len(self.sets))]
+        rank, world, worker, nw = wds.utils.pytorch_worker_info()
+        if (rank, world) != self.node:  # e.g. a spawned worker without torch.distributed or RANK/WORLD_SIZE
+            raise RuntimeError(f"a DataLoader worker sees rank {rank} of {world}, its stream was made on rank "
+                               f"{self.node[0]} of {self.node[1]}; set RANK and WORLD_SIZE")
+        quota = self.quota(worker, nw, world)
+        if quota == 0:  # with_epoch(0) would mean "no limit"
+            return iter(())
+        epoch, slot = self.epoch, rank * nw + worker
+        streams = []
+        for s, shard_set in enumerate(self.sets):
+            rng = random.Random(_seed(self.seed, epoch, slot, s))
+            blocks = _blocks(shard_set.items, world * nw)
+            streams.append(wds.DataPipeline(
+                lambda blocks=blocks: iter(blocks),
+                wds.split_by_node,  # rank r takes blocks r, r + world, ...
+                wds.split_by_worker,  # ... and worker i the i-th of those: one block each
+                functools.partial(_read_blocks, rng=rng),
+                wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng),
+            ).repeat())
+        rng = np.random.default_rng([self.seed, epoch, slot])
+        roots = [shard_set.root for shard_set in self.sets]
+        return iter(wds.DataPipeline(
+            lambda: _mix(streams, self.weights, rng, roots),
+            functools.partial(self._examples, rng=rng, quota=quota),
+        ).with_epoch(quota))
+
+    def _examples(self, mixed: Iterator[tuple[int, dict]], rng: np.random.Generator, quota: int) -> Iterator[dict]:
         skipped = 0
-        for _ in range(self.quota()):
-            s = int(rng.choice(len(self.sets), p=self.weights)) if len(self.sets) > 1 else 0
-            while True:
-                raw = next(streams[s])
-                try:
-                    example = make_example(raw, self.gts[s], self.image_size, self.points, rng)
-                    break
-                except (ValueError, KeyError, OSError) as e:  # a bad sample is skipped, with its key
-                    skipped += 1
-                    log.warning("skipped sample %s: %s", raw.get("__key__"), str(e).splitlines()[0] if str(e) else e)
-                    if skipped > max(100, 10 * self.quota()):
-                        raise UserError(f"{self.sets[s].root}: {skipped} samples could not be used "
-                                        f"(last: {raw.get('__key__')}: {e})") from e
+        for s, raw in mixed:
+            try:
+                example = make_example(raw, self.gts[s], self.image_size, self.points, rng)
+            except (ValueError, KeyError, OSError) as e:  # a bad sample is skipped, with its key
+                skipped += 1
+                log.warning("skipped sample %s: %s", raw.get("__key__"), str(e).splitlines()[0] if str(e) else e)
+                if skipped > max(100, 10 * quota):
+                    raise UserError(f"{self.sets[s].root}: {skipped} samples could not be used "
+                                    f"(last: {raw.get('__key__')}: {e})") from e
+                continue
             example["set"] = s
             yield example
+
+
+def _seed(*parts: int) -> int:
+    """One integer seed from several (random.Random takes no tuples)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 def load_examples(shard_set: ShardSet, max_shapes: int, image_size: int, points: int, surface_points: int,
@@ -372,7 +368,7 @@ def load_examples(shard_set: ShardSet, max_shapes: int, image_size: int, points:
         first.setdefault(split_of_key(k), (p, k))
     chosen = [first[s] for s in sorted(first)[:max_shapes]]
     want = {k for _, k in chosen}
-    gt = GroundTruth(shard_set.shapes, digests=shard_set.digests)
+    gt = ground_truth(shard_set.shapes, shard_set.digests, surface=True)
     out = []
     for shard in dict.fromkeys(p for p, _ in chosen):
         for raw in verified_samples(shard):

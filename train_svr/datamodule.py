@@ -4,6 +4,7 @@ training, the first view of a few validation shapes for validation."""
 from __future__ import annotations
 
 import logging
+import warnings
 
 import lightning as L
 import torch
@@ -79,21 +80,27 @@ class SVRDataModule(L.LightningDataModule):
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self._val: list[dict] | None = None
 
-    def train_dataset(self, rank: int = 0, world_size: int = 1) -> ShardStream:
-        ds = ShardStream(self.train_sets, self.weights, self.image_size, self.points, self.epoch_samples,
-                         self.seed, self.shuffle_buffer)
-        ds.rank, ds.world_size = rank, world_size
-        return ds
+    def train_dataset(self) -> ShardStream:
+        """This rank's training stream (the rank as webdataset sees it: RANK/WORLD_SIZE or
+        torch.distributed)."""
+        return ShardStream(self.train_sets, self.weights, self.image_size, self.points, self.epoch_samples,
+                           self.seed, self.shuffle_buffer, self.batch_size, self.num_workers)
 
     def train_dataloader(self):
         trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        ds = self.train_dataset(rank, world)
+        world = trainer.world_size if trainer is not None else 1
+        ds = self.train_dataset()
+        if trainer is not None and ds.node != (trainer.global_rank, trainer.world_size):
+            raise UserError(f"RANK/WORLD_SIZE say rank {ds.node[0]} of {ds.node[1]}, the trainer runs rank "
+                            f"{trainer.global_rank} of {trainer.world_size}; unset them or match --trainer.devices")
         per_worker = -(-self.epoch_samples // world) // max(self.num_workers, 1)
         if per_worker < self.batch_size:
             raise UserError(f"--data.batch_size {self.batch_size}: more than the {per_worker} samples each of "
                             f"{world} rank(s) x {max(self.num_workers, 1)} worker(s) gets per epoch; "
                             "lower it, use fewer workers or raise --data.epoch_samples")
+        # ShardStream's length counts each worker's whole batches, so it is exact however
+        # many workers split the epoch: Lightning's warning that it might not be is noise.
+        warnings.filterwarnings("ignore", "Your `IterableDataset` has `__len__` defined")
         return EpochLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=True,
                            pin_memory=torch.cuda.is_available(),
                            # workers start once per run, not once per epoch (ShardStream.epoch is shared)
