@@ -88,10 +88,17 @@ def stage_parser(cls, prog: str, description: str | None = None, types: dict | N
 
 
 def one_line(e: Exception) -> str:
-    """jsonargparse's messages as one line: 'Parser key "x":\\n  Expected ...' -> 'x: expected ...'."""
+    """jsonargparse's messages as one line: 'Parser key "x":\n  Expected a <class 'int'>. Got value: y'
+    -> "--x: 'y' is not a valid int"."""
     text = re.sub(r'^Parser key "([^"]+)":\s*', r"--\1: ", str(e).strip())
-    text = re.sub(r"<class '(\w+)'>", r"\1", text).replace("typing.", "")
-    return " ".join(text.split())
+    text = " ".join(re.sub(r"<class '(\w+)'>", r"\1", text).replace("typing.", "").split())
+    m = re.search(r"Expected a Literal\[(.*)\]\. Got value: (.*)$", text)
+    if m:
+        return text[:m.start()] + f"{m[2]!r} is not one of {m[1].replace(chr(39), '')}"
+    m = re.search(r"Expected a (\w+)\. Got value: (.*)$", text)
+    if m:
+        return text[:m.start()] + f"{m[2]!r} is not a valid {m[1]}"
+    return text
 
 
 def _check_value(parser, f: dataclasses.Field, value: Any, hint, types: dict | None = None) -> Any:
@@ -106,7 +113,7 @@ def _check_value(parser, f: dataclasses.Field, value: Any, hint, types: dict | N
         try:
             return parser.parse_object({f.name: value}, _skip_required=True)[f.name]
         except argparse.ArgumentError as e:
-            raise ValueError(f"{value!r}: {one_line(e).split(': ', 1)[-1]}") from None
+            raise ValueError(one_line(e).split(": ", 1)[-1]) from None
     try:
         return kind(value)
     except (argparse.ArgumentTypeError, ValueError, TypeError) as e:

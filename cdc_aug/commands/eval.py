@@ -64,7 +64,7 @@ def run(args: EvalSettings) -> int:
     views = args.views
 
     from eval.evaluate import domain_of, evaluate, select
-    from eval.identity import model_identity
+    from eval.identity import checkpoint_identity
 
     if len(args.data) != len(args.out):
         raise UserError(f"--out: {len(args.out)} directories for {len(args.data)} --data directories")
@@ -98,7 +98,7 @@ def run(args: EvalSettings) -> int:
 
     config = {"ckpt": str(ckpt.resolve()), "resolution": args.resolution, "chunk": args.chunk, "device": device,
               "dense": args.dense}
-    identity = {**model_identity(ckpt), "resolution": args.resolution}
+    identity = {**checkpoint_identity(ckpt), "resolution": args.resolution}
     for spec, data, out, cam, dviews in zip(args.data, sources, args.out, cameras, data_views):
         extra, camera_fn = source_identity(spec, data), None
         if cam == "predicted":
