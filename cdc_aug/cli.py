@@ -1,9 +1,11 @@
 """The ``cdc-aug`` console script: one subcommand per stage.
 
-Each subcommand lives in ``cdc_aug/commands/<name>.py`` and defines ``register(sub)``,
-which adds its parser and sets ``func``. Heavy imports (torch, diffusers, pyrender)
-happen inside the ``func``s so that ``cdc-aug --help`` answers at once.
-``train`` and ``train-camera`` hand their arguments to LightningCLI unchanged.
+Each subcommand lives in ``cdc_aug/commands/<name>.py``: ``settings_class()`` returns the
+dataclass that declares its settings (flags, ``--config`` keys, Python API; see
+``cdc_aug/settings.py``) and ``run(settings)`` runs it. Heavy imports (torch, diffusers,
+pyrender) happen inside ``run`` so that ``cdc-aug --help`` answers at once. ``train`` and
+``train-camera`` hand their arguments to LightningCLI unchanged; a module with
+``register(sub, help)`` (``pretrain``) keeps its own argparse parser.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ COMMANDS = [
     ("experiment", "run a whole experiment (render -> generate -> train -> eval -> report)"),
     ("verify", "check a stage's shards: presence, sha256, unique keys, required fields"),
 ]
+HELP = dict(COMMANDS)
 # LightningCLI entries: their arguments go to LightningCLI unchanged
 LIGHTNING_COMMANDS = {"train": "train_svr.cli", "train-camera": "cdc_aug.commands.train_camera"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: --help lists the commands; each parses its own arguments."""
     parser = argparse.ArgumentParser(
         prog="cdc-aug",
         description="Synthetic SVR training data through masked-ILVR diffusion compositing.",
@@ -41,48 +45,68 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS:
-        if name in LIGHTNING_COMMANDS:
-            sub.add_parser(name, help=help_text, add_help=False)
-            continue
-        try:
-            module = importlib.import_module(f"cdc_aug.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"cdc_aug.commands.{name}":
-                raise
-            continue
-        module.register(sub, help_text)
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def command_module(name: str):
+    return importlib.import_module(f"cdc_aug.commands.{name.replace('-', '_')}")
+
+
+def resolve(name: str, argv: list[str]):
+    """The settings ``cdc-aug NAME ARGV`` runs with (None after --print_config)."""
+    from .settings import parse
+
+    module = command_module(name)
+    description = getattr(module, "HELP", "{help}.").format(help=HELP[name])
+    return parse(module.settings_class(), argv, prog=f"cdc-aug {name}", description=description,
+                 record_only=getattr(module, "RECORD_ONLY", ()),
+                 types=module.cli_types() if hasattr(module, "cli_types") else None)
+
+
+def _legacy(name: str, argv: list[str]) -> int:
+    """A command that declares an argparse parser itself (``register``)."""
+    parser = argparse.ArgumentParser(prog="cdc-aug")
+    sub = parser.add_subparsers(dest="command")
+    command_module(name).register(sub, HELP[name])
+    args = parser.parse_args([name, *argv])
+    return args.func(args) or 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in LIGHTNING_COMMANDS:
-        train_main = importlib.import_module(LIGHTNING_COMMANDS[argv[0]]).main
-        try:
-            return train_main(argv[1:]) or 0
-        except UserError as e:
-            print(f"cdc-aug {argv[0]}: error: {e}", file=sys.stderr)
-            return 2
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    verbose = False
+    while argv and argv[0] in ("-v", "--verbose"):
+        verbose, argv = True, argv[1:]
+    if not argv or argv[0] not in HELP:
+        parser = build_parser()
+        parser.parse_args(argv)  # --help, --version, or an unknown command: argparse answers
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0 if args.command is None else 2
     try:
-        return args.func(args) or 0
+        if name in LIGHTNING_COMMANDS:
+            return importlib.import_module(LIGHTNING_COMMANDS[name]).main(rest) or 0
+        module = command_module(name)
+        if hasattr(module, "register"):
+            return _legacy(name, rest)
+        settings = resolve(name, rest)
+        if settings is None:  # --print_config
+            return 0
+        return module.run(settings) or 0
     except UserError as e:
-        print(f"cdc-aug {args.command}: error: {e}", file=sys.stderr)
+        print(f"cdc-aug {name}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the machine, not the input: full disk, I/O error, permissions
-        print(f"cdc-aug {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"cdc-aug {name}: error: {describe_os_error(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"cdc-aug {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"cdc-aug {name}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
 
 

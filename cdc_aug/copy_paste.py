@@ -9,8 +9,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserError
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from .layout import IMAGE_EXTS
 
 
 def list_backgrounds(source: str | Path) -> list[Path]:

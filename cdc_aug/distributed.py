@@ -65,12 +65,12 @@ def init_distributed(device: str = "auto", timeout_s: float = 6 * 3600) -> DistI
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    from .device import resolve_device
+
+    dev = resolve_device(device, local_rank=local)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
-        dev = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
     backend = None
     if world > 1:
         import torch.distributed as dist

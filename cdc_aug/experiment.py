@@ -25,7 +25,8 @@ The experiment file (configs/experiments/*.yaml)::
                             #   camera_config: configs/train/camera_tiny.yaml   camera_args: [...]
 
 Every key of ``render``, ``generate``, ``test_domains.*`` and ``eval`` is checked against
-the options of the command it is handed to, so a typo is a one-line error before any work,
+the settings declaration of the command it is handed to (its dataclass: cdc_aug/settings.py),
+key and value, so a typo is a one-line error before any work,
 never a silently dropped setting. The models differ only in their training data and seed:
 every train stage gets the same config and arguments otherwise (tests/test_experiment.py).
 """
@@ -47,14 +48,15 @@ import yaml
 
 from .errors import UserError
 from .runinfo import write_config
+from .settings import check_section, flags
 
 TOP_KEYS = {"name", "data_root", "runs_root", "report_dir", "seed", "seeds", "render", "generate", "test_domains",
             "train", "eval"}
 # Options the experiment sets itself: not settable from the file.
 OWN_OPTIONS = {
-    "render": {"out", "seed", "config", "overwrite"},
-    "generate": {"in_dir", "out", "split", "seed", "no_progress", "overwrite", "label", "config", "t_in", "mode"},
-    "eval": {"ckpt", "data", "out", "no_progress", "config"},
+    "render": {"out", "seed", "overwrite"},
+    "generate": {"in_dir", "out_dir", "split", "seed", "progress", "overwrite", "label", "t_in", "mode"},
+    "eval": {"ckpt", "data", "out", "progress"},
 }
 # Keys of the file's sections that are not command options.
 EXTRA_KEYS = {"generate": {"t_in", "copy_paste", "backgrounds"}, "train": {"config", "args", "mix_clean"},
@@ -85,41 +87,23 @@ def tag(t: float) -> str:
 
 
 @cache
-def command_options(command: str) -> dict[str, Any]:
-    """``{dest: argparse action}`` of a ``cdc-aug`` subcommand: the one declaration of what
-    the experiment may pass on."""
-    import argparse
+def _declaration(command: str):
+    """(settings dataclass, flag-type overrides) of a ``cdc-aug`` subcommand: the one
+    declaration of what the experiment may pass on (cdc_aug/settings.py)."""
+    from .cli import command_module
 
-    from .cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {a.dest: a for a in sub.choices[command]._actions if a.option_strings and a.dest != "help"}
+    module = command_module(command)
+    return module.settings_class(), (module.cli_types() if hasattr(module, "cli_types") else None)
 
 
 def _check_keys(where: str, section: dict, command: str, extra: set[str] = frozenset()) -> None:
-    allowed = {d for d in command_options(command) if d not in OWN_OPTIONS.get(command, set())} | set(extra)
-    unknown = sorted(k for k in section if str(k).replace("-", "_") not in allowed)
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(sorted(allowed))})")
+    cls, types = _declaration(command)
+    check_section(cls, section, where, own=OWN_OPTIONS.get(command, ()), extra=extra, types=types)
 
 
 def _flags(command: str, section: dict, skip: set[str] = frozenset()) -> list[str]:
     """A section's options as command-line flags for ``command``, in the file's order."""
-    opts = command_options(command)
-    argv: list[str] = []
-    for key, value in section.items():
-        dest = str(key).replace("-", "_")
-        if dest in skip or dest not in opts or value is None:
-            continue
-        action = opts[dest]
-        flag = max(action.option_strings, key=len)
-        if action.nargs == 0:  # store_true
-            if value:
-                argv.append(flag)
-            continue
-        argv += [flag, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)]
-    return argv
+    return flags(_declaration(command)[0], section, skip)
 
 
 def _image_hashes(source: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ is refused to resume with another value (the images themselves do not depend on 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import itertools
 import logging
@@ -23,29 +24,37 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from . import __version__
+from .device import resolve_dtype
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .errors import UserError
 from .layout import SPLITS, read_splits, shapes_dir, split_of_key, view_of_key
 from .runinfo import check_resume, derive_seed, output_lock, write_config
 from .safeio import atomic_write_bytes
 from .samples import decode_json, decode_png
-from .sampling import DEFAULTS as D
-from .sampling import parse_model_size, pipeline_size
+from .sampling import SamplingSettings, parse_model_size, pipeline_size
 from .scenes import DEFAULT_NEGATIVE, DEFAULT_PROMPT, check_template, load_scenes, make_prompt
-from .shards import Failure, ShardDamaged, ShardStore, read_index, shard_keys, verified_samples
+from .settings import index_list, setting
+from .shards import (
+    Failure,
+    ShardDamaged,
+    ShardStore,
+    read_index,
+    shard_keys,
+    verified_samples,
+)
 
 log = logging.getLogger(__name__)
 
 # Keys of GenerateConfig that may change between a run and its resumption: they decide
 # how fast the work is done, not what it produces.
-RUNTIME_KEYS = ("batch_size", "device", "overwrite", "threads", "out_dir", "progress")
+RUNTIME_KEYS = ("batch_size", "device", "overwrite", "threads", "out_dir", "progress", "nproc")
 # Fields every input sample must have, and fields copied from the render into each output
 # sample when present (normal.png and depth.npy let training apply its Laplacian loss to
 # augmented views, as the paper trains them with the clean view's normal map).
@@ -54,44 +63,48 @@ COPIED_FIELDS = ("mask.png", "camera.json", "meta.json", "normal.png", "depth.np
 DEFAULT_SAMPLES_PER_SHARD = 256
 
 
-@dataclass
-class GenerateConfig:
-    in_dir: str
-    out_dir: str
-    mode: str = "ilvr"  # "ilvr" | "copy-paste"
-    t_in: float = D.t_in
-    t_out: float = D.t_out
-    n_in: int = D.n_in
-    n_out: int = D.n_out
-    space: str = D.space
-    blur: str = D.blur
-    model: str | None = None
-    model_size: str = D.model_size  # native | input | N | WxH: the size the model samples at
-    steps: int = D.steps
-    guidance: float = D.guidance
-    prompt: str = DEFAULT_PROMPT
-    negative_prompt: str = DEFAULT_NEGATIVE
-    scenes: str | None = None
-    backgrounds: str | None = None
-    resample_start: float = D.resample_start
-    jump_length: int = D.jump_length
-    jump_n_sample: int = D.jump_n_sample
-    seed: int = D.seed
-    split: str = "train"
-    views: list[int] | None = None  # only these view indices (None: every view)
-    label: str | None = None  # the domain name reports use (eval.evaluate.domain_of)
+def t_values(value) -> list[float]:
+    """``--t-in 0.25,0.5`` (or a YAML number or list): one run per value, each in its tNNN/."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        values = [float(v) for v in items if str(v).strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value}: not a number or comma list of numbers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("no value given")
+    return values
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(SamplingSettings):
+    """``cdc-aug generate``'s settings: its flags, its --config keys and ``run_generate``'s config."""
+
+    in_dir: str = setting("data/renders", "render stage directory", flag="--in")
+    out_dir: str | None = setting(None, "output directory (required); with several --t-in values, one "
+                                        "subdirectory tNNN each", flag="--out")
+    mode: Literal["ilvr", "copy-paste"] = setting("ilvr", "ilvr: masked ILVR; copy-paste: the render on a photo")
+    prompt: str = setting(DEFAULT_PROMPT, "template with {category} and {scene} (text models)")
+    negative_prompt: str = setting(DEFAULT_NEGATIVE, "negative text (text models); \"\" for none")
+    scenes: str | None = setting(None, "file with one scene per line (default: built-in list)")
+    backgrounds: str | None = setting(None, "photo directory, or a text file listing photos, for --mode copy-paste")
+    split: str = setting("train", "train | val | test | all")
+    views: list[int] | None = setting(None, "comma-separated view indices to augment, e.g. 0,1,2,33,34,35 "
+                                            "(default: every view)", type=index_list)
+    label: str | None = setting(None, "the test-domain name evaluation and reports use for this run (default: "
+                                      "from the mode and t_in, e.g. t_in=0.5 or copy-paste); letters, digits, "
+                                      "- _ . = only")
     # Decides the output's shard layout, not its samples; fixed for the life of a run.
-    samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
-    dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    samples_per_shard: int = setting(DEFAULT_SAMPLES_PER_SHARD, "samples per output shard, the unit of work "
+                                     "of a process and of a resume (fixed for the life of a run)")
     # The grey the object is placed on to form the reference image; only the blur at
     # the mask border sees it (t_out = 0 frees the background).
-    reference_grey: int = 127
-    batch_size: int | None = None
-    device: str = "auto"
-    threads: int | None = None
-    overwrite: bool = False
-    progress: bool = True
-    model_identity: dict[str, Any] = field(default_factory=dict)
+    reference_grey: int = setting(127, "grey (0-255) under the object in the reference image")
+    batch_size: int | None = setting(None, "per process (default: 8; copy-paste 64)")
+    nproc: int = setting(1, "spawn this many local processes (gloo on CPU, nccl on CUDA)")
+    threads: int | None = setting(None, "torch threads per process")
+    overwrite: bool = setting(False, "replace a run with other parameters in --out")
+    progress: bool = setting(True, "no progress bar", flag="--no-progress")
+    model_identity: dict[str, Any] = setting(cli=False, factory=dict)
 
     def output_config(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,6 +114,8 @@ class GenerateConfig:
 
 def check_config(cfg: GenerateConfig) -> None:
     """Validate flags and inputs before any work starts (one line per problem)."""
+    if not cfg.out_dir:
+        raise UserError("--out is required (on the command line or in --config)")
     for name in ("t_in", "t_out", "resample_start"):
         v = getattr(cfg, name)
         if not 0.0 <= v <= 1.0:
@@ -119,6 +134,8 @@ def check_config(cfg: GenerateConfig) -> None:
         raise UserError(f"--label {cfg.label!r}: use 1-64 letters, digits, - _ . =")
     if int(cfg.samples_per_shard) != cfg.samples_per_shard or cfg.samples_per_shard < 1:
         raise UserError(f"--samples-per-shard {cfg.samples_per_shard}: must be a positive integer")
+    if cfg.nproc < 1:
+        raise UserError(f"--nproc {cfg.nproc}: must be at least 1")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise UserError(f"--batch-size {cfg.batch_size}: must be at least 1")
     parse_model_size(cfg.model_size)
@@ -152,19 +169,6 @@ def default_batch_size(cfg: GenerateConfig, device) -> int:
         return 64
     # CPU: batches of 8-16 cost ~10% less per image than 4 on the bundled UNet (64², 1 thread).
     return 8
-
-
-def resolve_dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        from .models import default_dtype
-
-        return default_dtype(device)
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if name not in table:
-        raise UserError(f"--dtype {name}: choose auto, fp32, fp16 or bf16")
-    return table[name]
 
 
 _PIPELINES: dict[tuple, Any] = {}

@@ -79,6 +79,10 @@ def shape_key(synset: str, model_id: str) -> str:
     return f"{sanitize_id(synset)}_{sanitize_id(model_id)}"
 
 
+# Photo files the tools read (copy-paste backgrounds, pretraining photos).
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
 def split_of_key(sample_key: str) -> str:
     """The shape key of a sample key ``<synset>_<model_id>_<view>``."""
     return sample_key.rsplit("_", 1)[0]

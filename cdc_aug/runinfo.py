@@ -131,38 +131,3 @@ def read_settings_file(path: str | os.PathLike, flag: str = "--config") -> dict[
     if not isinstance(data, dict):
         raise UserError(f"{flag}: {p} must hold a mapping of settings")
     return data
-
-
-def apply_settings_file(args, parser, path: str | os.PathLike, record_only=(), flag: str = "--config") -> None:
-    """Fill the flags of ``args`` still at their defaults from the settings file ``path``.
-
-    Keys are the flags' names (``t_in`` or ``t-in``); flags given on the command line win;
-    ``record_only`` names keys a run's config.yaml holds that are not flags (skipped); any
-    other unknown key, or a value outside a flag's choices, is a one-line error. Lists
-    become comma lists, the form such flags take on the command line.
-    """
-    data = read_settings_file(path, flag)
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "func", "_parser")}
-    for key, value in data.items():
-        dest = str(key).replace("-", "_")
-        if dest in record_only:
-            continue
-        action = actions.get(dest)
-        if action is None:
-            raise UserError(f"{flag}: {path}: unknown setting {key!r}")
-        if isinstance(value, list):
-            value = ",".join(map(str, value))
-        if action.nargs == 0:  # a switch such as --overwrite
-            if not isinstance(value, bool):
-                raise UserError(f"{flag}: {path}: {key}: {value!r} is not true or false")
-        elif value is not None:
-            # the value the flag would hold had it been typed on the command line
-            kind = action.type or str
-            try:
-                value = kind(value) if isinstance(value, str) or kind is str else value
-            except (TypeError, ValueError):
-                raise UserError(f"{flag}: {path}: {key}: {value!r} is not a {kind.__name__}") from None
-        if action.choices is not None and value not in action.choices:
-            raise UserError(f"{flag}: {path}: {key}: {value!r} is not one of {', '.join(map(str, action.choices))}")
-        if getattr(args, dest) == parser.get_default(dest):
-            setattr(args, dest, value)

@@ -1,7 +1,8 @@
-"""Masked-ILVR sampling settings: their defaults, declared once, and the ``--model-size`` parser.
+"""Masked-ILVR sampling settings, declared once, and the ``--model-size`` parser.
 
-``cdc-aug generate``, ``cdc-aug composite``, ``GenerateConfig`` and
-``MaskedILVRPipeline.__call__`` all take their defaults from ``DEFAULTS``, so a setting
+``GenerateConfig`` (``cdc-aug generate``) and ``CompositeSettings`` (``cdc-aug composite``)
+extend ``SamplingSettings``, and ``MaskedILVRPipeline.__call__`` takes its defaults from
+``DEFAULTS``, so a setting
 means the same on every path (tests/test_composite.py checks that they agree). The
 values follow the paper's code where it has one (guidance 5, RePaint windows of 10 × 10,
 50 DDIM steps); where ours differs (x0 space, auto mask blur, the model) the README's
@@ -11,33 +12,61 @@ paper's own SVR setting.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import argparse
+from dataclasses import dataclass
+from typing import Literal
 
 from .errors import UserError
+from .settings import setting
 
 
-@dataclass(frozen=True)
-class SamplingDefaults:
-    t_in: float = 0.5  # fraction of the steps the object keeps the reference's low frequencies
-    t_out: float = 0.0  # same for the background: 0 = a freely generated scene
-    n_in: int = 1  # low-pass factors in the model's grid; 1 passes every frequency
-    n_out: int = 1
-    space: str = "x0"  # guide the predicted clean sample ("xt": classic ILVR on the noisy one)
-    blur: str = "auto"  # mask smoothing sigma in pixels, or "auto" = max(n_in, n_out)/2 grid pixels
-    steps: int = 50
-    guidance: float = 5.0  # classifier-free guidance of text models (the paper's --scale)
-    resample_start: float = 0.0  # RePaint resampling off
-    jump_length: int = 10  # RePaint's window and repeats (the paper's code fixes 10 and 10)
-    jump_n_sample: int = 10
-    scheduler: str = "ddim"
-    model_size: str = "native"  # sample at the model's own resolution, return at the input's
-    seed: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+def blur_value(value) -> str:
+    """``--blur``: "auto" or a sigma in pixels (a YAML number too), kept as text."""
+    text = str(value).strip().lower()
+    if text != "auto":
+        try:
+            float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("a number of pixels or auto") from None
+    return text
 
 
-DEFAULTS = SamplingDefaults()
+def model_size_value(value) -> str:
+    """``--model-size``: native, input, N or WxH (a YAML number too), kept as text."""
+    try:
+        parse_model_size(value)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+    return str(value).strip().lower()
+
+
+@dataclass(kw_only=True)
+class SamplingSettings:
+    """The masked-ILVR settings of ``generate`` and ``composite`` (their common fields)."""
+
+    t_in: float = setting(0.5, "fraction of the steps the object keeps the reference's low frequencies, in [0, 1]")
+    t_out: float = setting(0.0, "same for the background: 0 = a freely generated scene")
+    n_in: int = setting(1, "object low-pass factor in the model's grid; 1 passes every frequency")
+    n_out: int = setting(1, "background low-pass factor")
+    space: Literal["x0", "xt"] = setting("x0", "guide the predicted clean sample (x0) or the noisy one "
+                                               "(xt: classic ILVR)")
+    blur: str = setting("auto", "mask smoothing sigma in pixels, or auto = max(n_in, n_out)/2 grid pixels",
+                        type=blur_value)
+    steps: int = setting(50, "sampling (DDIM) steps")
+    guidance: float = setting(5.0, "classifier-free guidance of text models (the paper's --scale)")
+    resample_start: float = setting(0.0, "RePaint resampling from this fraction of the steps (0: off)")
+    jump_length: int = setting(10, "RePaint window (the paper's code fixes 10)")
+    jump_n_sample: int = setting(10, "RePaint repeats per window (the paper's code fixes 10)")
+    model: str | None = setting(None, "diffusers pipeline directory or cached hub id (default: the bundled model)")
+    model_size: str = setting("native", "size the model samples at: native (the model's own, e.g. 512 for SD "
+                                        "1.5), input (the input's size), N or WxH; outputs keep the input's size",
+                              type=model_size_value)
+    seed: int = setting(0, "base seed")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = setting("auto", "auto: fp16 on CUDA, fp32 on CPU")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N")
+
+
+DEFAULTS = SamplingSettings()
 
 
 def parse_model_size(text, flag: str = "--model-size"):

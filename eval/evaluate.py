@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cdc_aug.errors import UserError
-from cdc_aug.layout import read_splits, shape_file, shape_provenance, shapes_dir, split_of_key
+from cdc_aug.layout import read_splits, shape_file, shape_provenance, shapes_dir, split_of_key, view_of_key
 from cdc_aug.runinfo import derive_seed, output_lock, write_config
 from cdc_aug.safeio import atomic_write_bytes, atomic_write_text, is_stage_error
 from cdc_aug.shards import ShardDamaged, check_shard, read_index, shard_keys, verified_samples
@@ -98,10 +98,6 @@ def _tar_keys(path: Path, entry: dict) -> list[str]:
         raise UserError(f"{path}: {e.reason}; {e.lost()}; repair or regenerate it") from e
 
 
-def view_of(key: str) -> int:
-    return int(key.rsplit("_", 1)[1])
-
-
 def select(data_dir: str | os.PathLike, split: str = "test", views: list[int] | None = None,
            check_ground_truth: bool = True) -> Selection:
     """The views of ``split`` (all views, or those in ``views``), checked before any work:
@@ -122,9 +118,9 @@ def select(data_dir: str | os.PathLike, split: str = "test", views: list[int] | 
     for entry in index["shards"]:
         path = root / "shards" / entry["name"]
         keys = [k for k in _tar_keys(path, entry) if split_of_key(k) in shapes]
-        available.update(view_of(k) for k in keys)
+        available.update(view_of_key(k) for k in keys)
         if sel.views is not None:
-            keys = [k for k in keys if view_of(k) in sel.views]
+            keys = [k for k in keys if view_of_key(k) in sel.views]
         if keys:
             sel.items[path] = keys
     if sel.views is not None:
@@ -317,7 +313,7 @@ def _evaluate(sel: Selection, reconstruct_fn, out: Path, split: str, n_points: i
                                      gt_tree=g["tree"])
                 m["iou_2d"] = silhouette_iou(mesh, camera, s["mask.png"], sil)
                 row = {"key": key, "synset": meta.get("synset", synset), "category": meta.get("category", synset),
-                       "model_id": meta.get("model_id", model_id), "view": int(meta.get("view", view_of(key))),
+                       "model_id": meta.get("model_id", model_id), "view": int(meta.get("view", view_of_key(key))),
                        **{c: m[c] for c in METRICS}, "chamfer_l2": m["chamfer_l2"], "empty": int(m["empty"]),
                        "seconds": round(time.perf_counter() - t0, 3)}
                 writer.writerow(row)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from cdc_aug.errors import UserError
 from cdc_aug.shards import read_index
 
 from .evaluate import domain_of
@@ -20,16 +21,16 @@ NAME_T_IN = re.compile(r"t(?:_in)?[=_-]?(\d)(\d+)(?:-s\d+)?$")  # svr-t050, svr-
 
 
 def _shard_dirs(shards) -> list[str]:
-    if shards is None:
+    from train_svr.data import parse_shards  # "dir:weight" entries, read as training reads them
+
+    if not shards:
         return []
     if isinstance(shards, str):
         shards = [s.strip() for s in shards.strip("[]").split(",") if s.strip()]
-    out = []
-    for s in shards:
-        text = str(s)
-        head, sep, tail = text.rpartition(":")  # "dir:weight" entries (train_svr.data.parse_shards)
-        out.append(head if sep and head and re.fullmatch(r"[0-9.eE+-]+", tail) and not Path(text).exists() else text)
-    return out
+    try:
+        return parse_shards(shards, None)[0]
+    except UserError:
+        return [str(s) for s in shards]
 
 
 def train_domain_from_name(name: str) -> dict:
@@ -47,7 +48,7 @@ def train_domain_from_name(name: str) -> dict:
     return {"domain": name, "t_in": None}
 
 
-def model_identity(ckpt: str | Path) -> dict:
+def checkpoint_identity(ckpt: str | Path) -> dict:
     """``{"ckpt", "model", "train_data": [{"dir", "domain", "t_in", ...}], "train_domain",
     "train_t_in", "train_identity_from"}`` for a checkpoint path."""
     ckpt = Path(ckpt)

@@ -97,9 +97,9 @@ def load_run(eval_dir: str | os.PathLike) -> Run:
     if not s.get("train_data") and s.get("ckpt") and Path(s["ckpt"]).exists():
         # An evaluation written before its training config could be found: the checkpoint's
         # run directory still says what the model trained on (and with which seed).
-        from .identity import model_identity
+        from .identity import checkpoint_identity
 
-        ident = model_identity(s["ckpt"])
+        ident = checkpoint_identity(s["ckpt"])
         if ident.get("train_data"):
             for k in ("train_data", "train_seed", "train_domain", "train_t_in", "train_identity_from"):
                 if k in ident:

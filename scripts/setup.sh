@@ -34,9 +34,10 @@ fi
 stamp=.venv/.cdc-aug-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    # pyrender 0.1.45 (installed here before) and its maintained fork own the same files
+    if .venv/bin/python -m pip show -q pyrender >/dev/null 2>&1; then "${PIP[@]}" uninstall -y pyrender; fi
     echo "[setup] pip install -e .[dev]"
     "${PIP[@]}" install -e ".[dev]"
-    "${PIP[@]}" install --no-deps "pyrender==0.1.45"
     echo "$want" > "$stamp"
 fi
 echo "[setup] ready: $(.venv/bin/python -c 'import torch, diffusers, lightning; print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, lightning {lightning.__version__}")')"

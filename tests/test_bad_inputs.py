@@ -470,7 +470,7 @@ def test_non_numeric_config_value_is_one_line(tmp_path, capsys):
     cfg.write_text("views: many\n")
     assert cli_main(["render", "--source", "procedural", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "views: 'many' is not a valid int" in err[0], err
+    assert len(err) == 1 and "c.yaml: views: 'many' is not a valid int" in err[0], err
     cfg.write_text("gt_sdf_points: lots\n")
     assert cli_main(["render", "--source", "procedural", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
     assert "gt_sdf_points: 'lots' is not a valid int" in capsys.readouterr().err

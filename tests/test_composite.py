@@ -9,7 +9,7 @@ import yaml
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from cdc_aug.cli import build_parser, main
+from cdc_aug.cli import main
 from cdc_aug.commands.composite import parse_sweeps
 from cdc_aug.errors import UserError
 
@@ -124,20 +124,19 @@ def test_an_rgba_render_alone_is_placed_on_grey(model_dir, inputs):
 
 def test_generate_and_composite_resolve_to_the_same_defaults():
     import inspect
+    from dataclasses import asdict
 
     from cdc_aug import MaskedILVRPipeline
+    from cdc_aug.cli import resolve
     from cdc_aug.generate import GenerateConfig
     from cdc_aug.sampling import DEFAULTS
 
-    parser = build_parser()
-    gen = vars(parser.parse_args(["generate", "--out", "o"]))
-    comp = vars(parser.parse_args(["composite", "--image", "i.png", "--out", "o.png"]))
-    gen["t_in"] = float(gen["t_in"])  # generate's --t-in takes a comma list
-    shared = DEFAULTS.as_dict()
-    assert {k: comp[k] for k in shared} == shared
-    assert {k: gen[k] for k in shared if k != "scheduler"} == {k: v for k, v in shared.items() if k != "scheduler"}
-    cfg = GenerateConfig(in_dir="r", out_dir="o")
-    assert {k: getattr(cfg, k) for k in shared if k != "scheduler"} == {k: gen[k] for k in shared if k != "scheduler"}
+    shared = asdict(DEFAULTS)
+    gen = resolve("generate", ["--out", "o"])
+    comp = resolve("composite", ["--image", "i.png", "--out", "o.png"])
+    api = GenerateConfig(in_dir="r", out_dir="o")
+    for settings in (gen, comp, api):
+        assert {k: getattr(settings, k) for k in shared} == shared, type(settings).__name__
     # the pipeline's own keyword defaults are the same values
     params = inspect.signature(MaskedILVRPipeline.__call__).parameters
     names = dict(steps="num_inference_steps", guidance="guidance_scale")

@@ -15,7 +15,7 @@ from cdc_aug.layout import read_splits, split_of_key
 from cdc_aug.samples import decode_sample
 from cdc_aug.shards import iter_tar_samples, shard_paths
 from eval.evaluate import PER_VIEW_COLUMNS, evaluate, select
-from eval.identity import model_identity, train_domain_from_name
+from eval.identity import checkpoint_identity, train_domain_from_name
 from eval.silhouette import silhouette_iou
 
 
@@ -149,10 +149,10 @@ def test_model_identity_from_run_config(renders, tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     ckpt = run / "checkpoints" / "last.ckpt"
     ckpt.write_bytes(b"")
-    assert model_identity(ckpt)["train_t_in"] == 0.5  # no config.yaml: from the name
-    assert model_identity(ckpt)["train_identity_from"] == "run name"
+    assert checkpoint_identity(ckpt)["train_t_in"] == 0.5  # no config.yaml: from the name
+    assert checkpoint_identity(ckpt)["train_identity_from"] == "run name"
     (run / "config.yaml").write_text(f"data:\n  shards:\n  - {renders}\n")
-    ident = model_identity(ckpt)
+    ident = checkpoint_identity(ckpt)
     assert ident["model"] == "svr-t050" and ident["train_domain"] == "clean"
     assert ident["train_identity_from"] == "config"
     assert train_domain_from_name("svr-copy-paste")["domain"] == "copy-paste"

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from fake_renders import make_render_dir
 
-from cdc_aug.cli import build_parser, main
+from cdc_aug import cli
+from cdc_aug.cli import main
 from cdc_aug.commands.generate import make_configs
-from cdc_aug.runinfo import apply_settings_file
 from cdc_aug.samples import decode_sample
 from cdc_aug.shards import iter_tar_samples, shard_paths
 
@@ -24,10 +24,7 @@ def renders(tmp_path_factory):
 
 def resolve(argv):
     """The GenerateConfig that `cdc-aug generate ARGV` would run."""
-    args = build_parser().parse_args(["generate", *argv])
-    if args.config:
-        apply_settings_file(args, args._parser, args.config)
-    [cfg] = make_configs(args)
+    [cfg] = make_configs(cli.resolve("generate", argv))
     return cfg
 
 
@@ -50,9 +47,9 @@ def test_command_line_flags_win_over_the_file():
     [
         ({"t_inn": 0.5}, "unknown setting 't_inn'"),
         ({"space": "zz"}, "space: 'zz' is not one of x0, xt"),
-        ({"steps": "many"}, "steps: 'many' is not a int"),
+        ({"steps": "many"}, "steps: 'many' is not a valid int"),
         ({"overwrite": "yes"}, "overwrite: 'yes' is not true or false"),
-        ({"model_size": "huge"}, "--model-size huge: write native, input"),
+        ({"model_size": "huge"}, "model_size: 'huge': write native, input"),
     ],
 )
 def test_bad_settings_are_one_line_errors(renders, tmp_path, capsys, settings, message):

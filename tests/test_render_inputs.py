@@ -300,7 +300,7 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path, capsys):
     assert groundtruth.read(h5)["surface_points"].shape == (300, 3)
     cfg.write_text("viewz: 3\n")
     assert cli_main(["render", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
-    assert "--config: " in capsys.readouterr().err
+    assert f"--config {cfg}: unknown setting 'viewz'" in capsys.readouterr().err
 
 
 def test_out_that_is_a_file_and_categories_without_shapes(tmp_path, shapenet, capsys):

@@ -60,7 +60,7 @@ def test_paired_difference_cancels_shape_difficulty():
 def test_identity_reads_the_training_config_where_lightningcli_saves_it(tmp_path):
     import yaml
 
-    from eval.identity import model_identity
+    from eval.identity import checkpoint_identity
 
     run = tmp_path / "runs" / "svr-t050-s2"
     (run / "checkpoints").mkdir(parents=True)
@@ -68,6 +68,6 @@ def test_identity_reads_the_training_config_where_lightningcli_saves_it(tmp_path
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     (run / "tensorboard" / "config.yaml").write_text(yaml.safe_dump(
         {"seed_everything": 2, "data": {"shards": [str(tmp_path / "missing-aug")]}}))
-    ident = model_identity(run / "checkpoints" / "last.ckpt")
+    ident = checkpoint_identity(run / "checkpoints" / "last.ckpt")
     assert ident["train_seed"] == 2 and ident["train_identity_from"] == "run name"
     assert ident["train_data"] == [{"dir": str(tmp_path / "missing-aug"), "domain": None}]

@@ -9,6 +9,7 @@ support it, 16-mixed on other GPUs and 32-true on CPU.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -60,6 +61,20 @@ class SVRCLI(LightningCLI):
         return trainer
 
 
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def quiet_lightning() -> None:
+    """Lightning's advertising tips and deprecation warnings are no business of a user of
+    cdc-aug (issue 14); its other messages (devices, warnings about the data) stay."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoTips())
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.")
+
+
 def build_cli(argv: list[str], module=SVRModule, prog: str = "cdc-aug train") -> SVRCLI:
     return SVRCLI(module, SVRDataModule, args=argv, run=False, seed_everything_default=0,
                   save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
@@ -71,6 +86,7 @@ def main(argv: list[str], module=SVRModule, prog: str = "cdc-aug train") -> int:
     ``module``: the LightningModule (train_svr.camera.CameraModule for `train-camera`)."""
     from jsonargparse import ArgumentError
 
+    quiet_lightning()
     with warnings.catch_warnings():
         # cdc-aug passes the arguments explicitly; the warning about sys.argv is noise here
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -87,4 +103,6 @@ def main(argv: list[str], module=SVRModule, prog: str = "cdc-aug train") -> int:
     with output_lock(run_dir, "cdc-aug train") if first else contextlib.nullcontext():
         # weights_only: resuming never unpickles code, whatever torch's default (issue 13)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
+    if cli.trainer.is_global_zero:
+        print(f"run folder: {run_dir} (checkpoints/last.ckpt, tensorboard/ with config.yaml, csv/)")
     return 0

@@ -9,13 +9,14 @@ swept parameter, like the paper's parameter ablation.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from cdc_aug.sampling import DEFAULTS as D
+from cdc_aug.sampling import SamplingSettings
+from cdc_aug.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -25,58 +26,47 @@ SWEEPABLE = {
     "guidance": float, "seed": int, "resample_start": float, "jump_length": int, "jump_n_sample": int,
     "prompt": str,
 }
+HELP = "{help}. " + __doc__.split("\n\n", 1)[1]
 
 
-def register(sub, help_text: str) -> None:
-    p = sub.add_parser("composite", help=help_text, description=__doc__.split("\n\n", 1)[1],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None,
-                   help="YAML file of settings (keys: these flags' names, e.g. t_in, model_size), e.g. "
-                        "configs/generate/paper_svr.yaml, or a composite's own .yaml; flags given on the command "
-                        "line win")
-    p.add_argument("--image", required=True,
-                   help="reference image (PNG/JPEG); an RGBA image's alpha is the default mask, and it is "
-                        "placed on mid grey unless --background is given")
-    p.add_argument("--mask", help="mask image, white = object (default: the image's alpha)")
-    p.add_argument("--background", help="paste the RGBA --image onto this background first (object immersion)")
-    p.add_argument("--out", required=True, help="output PNG (the grid when --sweep is given)")
-    p.add_argument("--t-in", type=float, default=D.t_in, help="fraction of steps the object is guided (default %(default)s)")
-    p.add_argument("--t-out", type=float, default=D.t_out,
-                   help="fraction of steps the background is guided (default %(default)s)")
-    p.add_argument("--n-in", type=int, default=D.n_in, help="object low-pass factor (default %(default)s = all frequencies)")
-    p.add_argument("--n-out", type=int, default=D.n_out, help="background low-pass factor (default %(default)s)")
-    p.add_argument("--space", choices=["x0", "xt"], default=D.space,
-                   help="guide the predicted x0 or the noisy xt (default %(default)s)")
-    p.add_argument("--blur", default=D.blur, help="mask smoothing sigma in pixels, or auto (default %(default)s)")
-    p.add_argument("--steps", type=int, default=D.steps, help="sampling steps (default %(default)s)")
-    p.add_argument("--model", help="pipeline directory or cached hub id (default: the bundled model)")
-    p.add_argument("--model-size", default=D.model_size,
-                   help="size the model samples at: native (default: the model's own, e.g. 512 for SD 1.5), "
-                        "input (the image's size), N or WxH; the result has the input's size")
-    p.add_argument("--scheduler", default=D.scheduler, help="ddim (default), ddpm, dpm, unipc or pndm")
-    p.add_argument("--prompt", help="text for text-conditioned models")
-    p.add_argument("--negative-prompt", help="negative text for classifier-free guidance")
-    p.add_argument("--guidance", type=float, default=D.guidance,
-                   help="classifier-free guidance scale (text models; default %(default)s)")
-    p.add_argument("--resample-start", type=float, default=D.resample_start,
-                   help="fraction of steps run with RePaint resampling (default %(default)s = off)")
-    p.add_argument("--jump-length", type=int, default=D.jump_length, help="RePaint window length (default %(default)s)")
-    p.add_argument("--jump-n-sample", type=int, default=D.jump_n_sample,
-                   help="RePaint repeats per window (default %(default)s)")
-    p.add_argument("--seed", type=int, default=D.seed)
-    p.add_argument("--size", help="resize the inputs to WxH (or one number for a square) first")
-    p.add_argument("--sweep", action="append", default=[], metavar="PARAM=V1,V2,...",
-                   help=f"vary a parameter over values (repeatable); one of {', '.join(SWEEPABLE)}")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA), fp32, fp16 or bf16")
-    p.set_defaults(func=run, _parser=p)
+def sweep_specs(value) -> list[str]:
+    """--sweep's values: PARAM=V1,V2 texts, or the {param: [values]} a composite's .yaml records."""
+    if isinstance(value, dict):
+        return [f"{k}={('|' if k == 'prompt' else ',').join(map(str, v))}" for k, v in value.items()]
+    return [str(v) for v in (value if isinstance(value, list) else [value])]
 
 
-# --config keys that are not composite's flags: what its own .yaml records besides them, and
-# generate's dataset settings, so that one preset (configs/generate/*.yaml) serves both commands
-RECORD_ONLY = ("model_identity", "sweep", "views", "split", "mode", "scenes", "backgrounds", "batch_size",
-               "nproc", "threads", "overwrite", "no_progress", "in_dir", "out_dir", "reference_grey", "progress",
-               "label")
+@dataclass(kw_only=True)
+class CompositeSettings(SamplingSettings):
+    """``cdc-aug composite``'s settings; the sampling ones (and their defaults) are generate's."""
+
+    image: str | None = setting(None, "reference image (PNG/JPEG; required); an RGBA image's alpha is the default "
+                                      "mask, and it is placed on mid grey unless --background is given")
+    mask: str | None = setting(None, "mask image, white = object (default: the image's alpha)")
+    background: str | None = setting(None, "paste the RGBA --image onto this background first (object immersion)")
+    out: str | None = setting(None, "output PNG (required; the grid when --sweep is given)")
+    scheduler: str = setting("ddim", "ddim, ddpm, dpm, unipc or pndm")
+    prompt: str | None = setting(None, "text for text-conditioned models")
+    negative_prompt: str | None = setting(None, "negative text for classifier-free guidance")
+    size: str | None = setting(None, "resize the inputs to WxH (or one number for a square) first")
+    sweep: list[str] = setting(factory=list, help="vary a parameter over values, PARAM=V1,V2,... (repeatable); "
+                               f"one of {', '.join(SWEEPABLE)}", type=sweep_specs, nargs="append")
+
+
+def settings_class():
+    return CompositeSettings
+
+
+def _record_only() -> tuple[str, ...]:
+    """generate's settings that are not composite's: one preset (configs/generate/*.yaml)
+    serves both commands, and a composite's own .yaml records the model's identity."""
+    from cdc_aug.generate import GenerateConfig
+
+    ours = {f.name for f in fields(CompositeSettings)}
+    return tuple(f.name for f in fields(GenerateConfig) if f.name not in ours) + ("model_identity",)
+
+
+RECORD_ONLY = _record_only()
 
 
 def parse_sweeps(specs: list[str]) -> list[tuple[str, list]]:
@@ -209,35 +199,29 @@ def make_grid(rows: list[list], row_labels: list[str], col_labels: list[str], re
     return grid
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: CompositeSettings) -> int:
     import numpy as np
-    import torch
     from PIL import Image, ImageFilter
 
+    from cdc_aug.device import resolve_device, resolve_dtype
     from cdc_aug.errors import UserError
     from cdc_aug.models import load_pipeline, model_identity
     from cdc_aug.runinfo import write_config
     from cdc_aug.sampling import parse_model_size, pipeline_size
 
-    if args.config:
-        from cdc_aug.runinfo import apply_settings_file
-
-        apply_settings_file(args, args._parser, args.config, record_only=RECORD_ONLY)
-        if args.prompt and "{" in args.prompt:
-            raise UserError(f"--prompt {args.prompt!r} (from --config {args.config}) is a generate template; "
-                            "composite has no category or scene to fill in: pass --prompt TEXT")
+    for name in ("image", "out"):
+        if not getattr(args, name):
+            raise UserError(f"--{name} is required (on the command line or in --config)")
+    if args.prompt and "{" in args.prompt:
+        raise UserError(f"--prompt {args.prompt!r} is a generate template (from a --config preset?); "
+                        "composite has no category or scene to fill in: pass --prompt TEXT")
     model_size = parse_model_size(args.model_size)
     sweeps = parse_sweeps(args.sweep)
     ref, mask = load_inputs(args)
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise UserError(f"--out {args.out}: give an image file name (.png)")
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    from cdc_aug.generate import resolve_dtype
-
+    device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     identity = model_identity(args.model)
     pipe = load_pipeline(args.model, device=device, dtype=dtype, scheduler=args.scheduler)
@@ -273,9 +257,8 @@ def run(args: argparse.Namespace) -> int:
         make_grid(rows, row_labels, col_labels, reference=Image.fromarray(marked)).save(out)
     else:
         results[0].save(out)
-    config = {k: getattr(args, k) for k in ("image", "mask", "background", "size", "model", "model_size",
-                                            "scheduler", "negative_prompt", "device", "dtype", *SWEEPABLE)}
-    config.update(sweep={n: v for n, v in sweeps}, model_identity=identity, out=str(out))
+    config = asdict(args)
+    config.update(sweep={n: v for n, v in sweeps}, model_identity=identity)
     write_config(out.parent, config, name=f"{out.stem}.yaml")
     print(f"wrote {out} ({len(results)} result{'s' if len(results) > 1 else ''}) and {out.parent / (out.stem + '.yaml')}")
     return 0

@@ -1,62 +1,57 @@
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cdc_aug.errors import UserError
+from cdc_aug.settings import index_list, setting
+
+HELP = ("{help}. Writes per_view.csv, summary.json (per category and overall), config.yaml and samples/ "
+        "(inputs next to renders of their reconstructions) into --out. Real photographs (pix3d:ROOT, images:DIR; "
+        "see eval/real.py) use --camera, --camera-ckpt, --categories, --keep-occluded, --pix3d-split, "
+        "--crop-size and --cache-dir.")
 
 
-def register(sub, help_text: str) -> None:
-    p = sub.add_parser("eval", help=help_text, description=help_text + (
-        ". Writes per_view.csv, summary.json (per category and overall), config.yaml and "
-        "samples/ (inputs next to renders of their reconstructions) into --out."))
-    p.add_argument("--ckpt", required=True, help="a `cdc-aug train` checkpoint (.ckpt)")
-    p.add_argument("--data", required=True, nargs="+",
-                   help="a render directory or a generate run (index.json, splits.json), pix3d:ROOT (a Pix3D copy) "
-                        "or images:DIR (photos + NAME_mask.png); several: the model is loaded once and each is "
-                        "evaluated into the matching --out")
-    p.add_argument("--split", default="test", help="split of splits.json to evaluate (default: test)")
-    p.add_argument("--views", help="comma-separated view indices (default: every view)")
-    p.add_argument("--resolution", type=int, default=128, help="marching-cubes grid (default: 128)")
-    p.add_argument("--chunk", type=int, help="SDF points per forward pass (default: 8192 on CPU, 65536 on GPU)")
-    p.add_argument("--dense", action="store_true",
-                   help="evaluate every grid point instead of refining coarse to fine (same mesh, slower)")
-    p.add_argument("--points", type=int, default=100_000, help="points sampled on each mesh (default: 100000)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--save-meshes", type=int, default=4,
-                   help="views whose input, reconstruction render and mesh are kept (default: 4)")
-    p.add_argument("--seed", type=int, default=0, help="surface sampling seed (default: 0)")
-    p.add_argument("--out", required=True, nargs="+", help="output directory, one per --data")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    real = p.add_argument_group("real photographs (pix3d:ROOT, images:DIR; see eval/real.py)")
-    real.add_argument("--camera", choices=("gt", "predicted"), default="gt",
-                      help="camera to reconstruct with: the data's own (gt, default) or the estimator's (predicted); "
-                           "data without cameras (images:DIR) always use the estimator")
-    real.add_argument("--camera-ckpt", help="a `cdc-aug train-camera` checkpoint, for predicted cameras")
-    real.add_argument("--categories", help="Pix3D categories to evaluate, comma-separated (default: all)")
-    real.add_argument("--keep-occluded", action="store_true",
-                      help="keep Pix3D images marked truncated, occluded or slightly occluded (default: excluded)")
-    real.add_argument("--pix3d-split", help="only the images of a Mesh R-CNN Pix3D split file "
-                                            "(e.g. pix3d_s1_test.json; add --keep-occluded to match its protocol)")
-    real.add_argument("--crop-size", type=int, default=224, help="side of the square object crops (default: 224)")
-    real.add_argument("--cache-dir", help="where converted real data and Pix3D ground truth are kept "
+@dataclass(kw_only=True)
+class EvalSettings:
+    ckpt: str | None = setting(None, "a `cdc-aug train` checkpoint (.ckpt; required)")
+    data: list[str] = setting(factory=list, nargs="+", help="a render directory or a generate run (index.json, "
+                              "splits.json), pix3d:ROOT (a Pix3D copy) or images:DIR (photos + NAME_mask.png); "
+                              "several: the model is loaded once and each is evaluated into the matching --out")
+    out: list[str] = setting(factory=list, nargs="+", help="output directory, one per --data")
+    split: str = setting("test", "split of splits.json to evaluate")
+    views: list[int] | None = setting(None, "comma-separated view indices (default: every view)", type=index_list)
+    resolution: int = setting(128, "marching-cubes grid")
+    chunk: int | None = setting(None, "SDF points per forward pass (default: 8192 on CPU, 65536 on GPU)")
+    dense: bool = setting(False, "evaluate every grid point instead of refining coarse to fine (same mesh, slower)")
+    points: int = setting(100_000, "points sampled on each mesh")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N")
+    save_meshes: int = setting(4, "views whose input, reconstruction render and mesh are kept")
+    seed: int = setting(0, "surface sampling seed")
+    progress: bool = setting(True, "no progress bar", flag="--no-progress")
+    camera: Literal["gt", "predicted"] = setting("gt", "camera to reconstruct with: the data's own (gt) or the "
+                                                       "estimator's (predicted); data without cameras (images:DIR) "
+                                                       "always use the estimator")
+    camera_ckpt: str | None = setting(None, "a `cdc-aug train-camera` checkpoint, for predicted cameras")
+    categories: str | None = setting(None, "Pix3D categories to evaluate, comma-separated (default: all)")
+    keep_occluded: bool = setting(False, "keep Pix3D images marked truncated, occluded or slightly occluded "
+                                         "(default: excluded)")
+    pix3d_split: str | None = setting(None, "only the images of a Mesh R-CNN Pix3D split file (e.g. "
+                                            "pix3d_s1_test.json; add --keep-occluded to match its protocol)")
+    crop_size: int = setting(224, "side of the square object crops")
+    cache_dir: str | None = setting(None, "where converted real data and Pix3D ground truth are kept "
                                           "(default: ROOT/.cdc-aug)")
-    p.set_defaults(func=run)
 
 
-def parse_views(text: str | None) -> list[int] | None:
-    if text is None or text.strip() in ("", "all"):
-        return None
-    try:
-        views = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--views: expected comma-separated integers, got {text!r}") from None
-    if not views or min(views) < 0:
-        raise UserError(f"--views: expected non-negative view indices, got {text!r}")
-    return views
+def settings_class():
+    return EvalSettings
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: EvalSettings) -> int:
+    for name in ("ckpt", "data", "out"):
+        if not getattr(args, name):
+            raise UserError(f"--{name} is required (on the command line or in --config)")
     ckpt = Path(args.ckpt)
     if not ckpt.is_file():
         raise UserError(f"--ckpt: {ckpt} does not exist")
@@ -66,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--chunk: must be >= 1, got {args.chunk}")
     if args.save_meshes < 0:
         raise UserError(f"--save-meshes: must be >= 0, got {args.save_meshes}")
-    views = parse_views(args.views)
+    views = args.views
 
     from eval.evaluate import domain_of, evaluate, select
-    from eval.identity import model_identity
+    from eval.identity import checkpoint_identity
 
     if len(args.data) != len(args.out):
         raise UserError(f"--out: {len(args.out)} directories for {len(args.data)} --data directories")
@@ -85,15 +80,11 @@ def run(args: argparse.Namespace) -> int:
         if cameras[-1] == "predicted" and not args.camera_ckpt:
             raise UserError(f"--camera-ckpt: {data} has no cameras" if args.camera == "gt" else
                             "--camera-ckpt: required with --camera predicted (a `cdc-aug train-camera` checkpoint)")
-    import torch
 
+    from cdc_aug.device import resolve_device
     from train_svr.inference import load_model, reconstruct
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available")
+    device = str(resolve_device(args.device))
     model = load_model(ckpt, device=device)
     estimator = None
     if "predicted" in cameras:
@@ -107,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = {"ckpt": str(ckpt.resolve()), "resolution": args.resolution, "chunk": args.chunk, "device": device,
               "dense": args.dense}
-    identity = {**model_identity(ckpt), "resolution": args.resolution}
+    identity = {**checkpoint_identity(ckpt), "resolution": args.resolution}
     for spec, data, out, cam, dviews in zip(args.data, sources, args.out, cameras, data_views):
         extra, camera_fn = source_identity(spec, data), None
         if cam == "predicted":
@@ -118,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             if sel.index.get("cameras", True):  # a domain with cameras seen through predicted ones is another test
                 extra["domain"] = f"{domain_of(sel.index)['domain']}, predicted camera"
         summary = evaluate(data, reconstruct_fn, out, split=args.split, views=dviews, n_points=args.points,
-                           save_meshes=args.save_meshes, progress=not args.no_progress, seed=args.seed,
+                           save_meshes=args.save_meshes, progress=args.progress, seed=args.seed,
                            identity={**identity, **extra, "camera": cam},
                            config={**config, "data": spec, "camera": cam, "camera_ckpt": args.camera_ckpt},
                            camera_fn=camera_fn)
@@ -138,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_data(spec: str, args: argparse.Namespace) -> Path:
+def prepare_data(spec: str, args: EvalSettings) -> Path:
     """The stage directory of one --data value: itself, or real data converted (eval.real)."""
     from eval.real import parse_data
 
@@ -147,13 +138,13 @@ def prepare_data(spec: str, args: argparse.Namespace) -> Path:
         from eval.pix3d import prepare
 
         return prepare(path, args.cache_dir, args.categories, args.crop_size, args.keep_occluded, args.seed,
-                       progress=not args.no_progress, split_file=args.pix3d_split)
+                       progress=args.progress, split_file=args.pix3d_split)
     if args.categories and not any(parse_data(d)[0] == "pix3d" for d in args.data):
         raise UserError("--categories: only applies to pix3d:ROOT data")
     if kind == "images":
         from eval.photos import prepare
 
-        return prepare(path, args.cache_dir, args.crop_size, progress=not args.no_progress)
+        return prepare(path, args.cache_dir, args.crop_size, progress=args.progress)
     return path
 
 

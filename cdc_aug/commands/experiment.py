@@ -1,19 +1,30 @@
+"""``cdc-aug experiment``: its settings are ``ExperimentSettings``."""
+
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+
+from cdc_aug.settings import setting
+
+HELP = "{help}; stages already done are skipped."
 
 
-def register(sub, help_text: str) -> None:
-    p = sub.add_parser("experiment", help=help_text, description=help_text + "; stages already done are skipped.")
-    p.add_argument("config", help="experiment YAML, e.g. configs/experiments/smoke.yaml")
-    p.add_argument("--dry-run", action="store_true", help="list the stages and the commands they run")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="stages run side by side where their inputs allow (e.g. 2 single-threaded trainings "
-                        "on 2 cores; default: 1)")
-    p.set_defaults(func=run)
+@dataclass(kw_only=True)
+class ExperimentSettings:
+    experiment: str | None = setting(None, "experiment YAML, e.g. configs/experiments/smoke.yaml", positional=True)
+    dry_run: bool = setting(False, "list the stages and the commands they run")
+    jobs: int = setting(1, "stages run side by side where their inputs allow (e.g. 2 single-threaded trainings "
+                           "on 2 cores)")
 
 
-def run(args: argparse.Namespace) -> int:
+def settings_class():
+    return ExperimentSettings
+
+
+def run(s: ExperimentSettings) -> int:
+    from cdc_aug.errors import UserError
     from cdc_aug.experiment import run_experiment
 
-    return run_experiment(args.config, dry_run=args.dry_run, jobs=args.jobs)
+    if not s.experiment:
+        raise UserError("EXPERIMENT: give an experiment YAML, e.g. configs/experiments/smoke.yaml")
+    return run_experiment(s.experiment, dry_run=s.dry_run, jobs=s.jobs)

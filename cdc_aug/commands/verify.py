@@ -1,22 +1,33 @@
+"""``cdc-aug verify``: its settings are ``VerifySettings``."""
+
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import Literal
+
+from cdc_aug.settings import setting
 
 
-def register(sub, help_text: str) -> None:
-    p = sub.add_parser("verify", help=help_text, description=help_text)
-    p.add_argument("dir", help="a stage's output directory (holding index.json and shards/)")
-    p.add_argument("--stage", choices=["render", "aug"], help="required fields to check (default: from index.json)")
-    p.add_argument("--no-hash", action="store_true", help="skip sha256 (faster on large sets)")
-    p.set_defaults(func=run)
+@dataclass(kw_only=True)
+class VerifySettings:
+    dir: str | None = setting(None, "a stage's output directory (holding index.json and shards/)", positional=True)
+    stage: Literal["render", "aug"] | None = setting(None, "required fields to check (default: from index.json)")
+    hash: bool = setting(True, "skip sha256 (faster on large sets)", flag="--no-hash")
 
 
-def run(args: argparse.Namespace) -> int:
+def settings_class():
+    return VerifySettings
+
+
+def run(s: VerifySettings) -> int:
+    from cdc_aug.errors import UserError
     from cdc_aug.shards import read_failures
     from cdc_aug.verify import verify
 
-    report = verify(args.dir, stage=args.stage, check_hash=not args.no_hash)
-    failures = read_failures(args.dir)
+    if not s.dir:
+        raise UserError("DIR: give a stage's output directory")
+    report = verify(s.dir, stage=s.stage, check_hash=s.hash)
+    failures = read_failures(s.dir)
     print(f"{report.root}: stage {report.stage}, {report.shards} shards, {report.samples} samples, "
           f"{len(failures)} recorded failures")
     if report.ok:

@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 
 from cdc_aug.errors import UserError
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from cdc_aug.layout import IMAGE_EXTS
 
 
 def list_images(directory: str | Path) -> list[Path]:
