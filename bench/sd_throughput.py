@@ -243,6 +243,8 @@ def main() -> int:
     ap.add_argument("--t-in", type=float, default=0.5)
     ap.add_argument("--space", default="x0", choices=["x0", "xt"])
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per pipeline and batch size (median)")
+    ap.add_argument("--no-cudnn-benchmark", action="store_true",
+                    help="leave cuDNN's autotuner off (smaller peak memory; speed may differ)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the denoiser (warm-up pays the compilation)")
     ap.add_argument("--no-t5", action="store_true", help="sd3: without T5-XXL (zero embeddings, as diffusers allows)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -260,7 +262,9 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        # cuDNN's autotuner tries algorithms with large workspaces once per shape: their
+        # memory counts in the peak column (--no-cudnn-benchmark shows the sampling's own).
+        torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     plain, ilvr, denoiser = build(args.family, args.tiny, device, dtype, args.compile, args.no_t5)
     sampler = "DDIM" if args.family in ("sd15", "sdxl") else "flow-matching Euler"
 
