@@ -33,6 +33,7 @@ every train stage gets the same config and arguments otherwise (tests/test_exper
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import re
@@ -48,6 +49,7 @@ import yaml
 
 from .errors import UserError
 from .runinfo import write_config
+from .sampling import t_values as sweep_values
 from .settings import check_section, flags
 
 TOP_KEYS = {"name", "data_root", "runs_root", "report_dir", "seed", "seeds", "render", "generate", "test_domains",
@@ -152,10 +154,10 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
 
     g = cfg["generate"]
     t_values = g.get("t_in", [0.25, 0.5, 0.75])
-    t_values = t_values if isinstance(t_values, list) else [t_values]
-    for t in t_values:
-        if not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
-            raise UserError(f"{path}: generate.t_in {t!r}: must be numbers in [0, 1]")
+    try:  # the experiment's own key (one generate stage per value): generate's own check
+        t_values = sweep_values(t_values)
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"{path}: generate.t_in {e}") from None
     names = ["clean", *(tag(float(t)) for t in t_values)]
     if g.get("copy_paste", True):
         names.append("copy-paste")

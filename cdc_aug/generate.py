@@ -38,7 +38,7 @@ from .layout import SPLITS, read_splits, shapes_dir, split_of_key, view_of_key
 from .runinfo import check_resume, derive_seed, output_lock, write_config
 from .safeio import atomic_write_bytes
 from .samples import decode_json, decode_png
-from .sampling import SamplingSettings, parse_model_size, pipeline_size
+from .sampling import SamplingSettings, fraction, parse_model_size, pipeline_size
 from .scenes import DEFAULT_NEGATIVE, DEFAULT_PROMPT, check_template, load_scenes, make_prompt
 from .settings import index_list, setting
 from .shards import (
@@ -61,18 +61,6 @@ RUNTIME_KEYS = ("batch_size", "device", "overwrite", "threads", "out_dir", "prog
 REQUIRED_FIELDS = ("rgba.png", "mask.png", "camera.json", "meta.json")
 COPIED_FIELDS = ("mask.png", "camera.json", "meta.json", "normal.png", "depth.npy")
 DEFAULT_SAMPLES_PER_SHARD = 256
-
-
-def t_values(value) -> list[float]:
-    """``--t-in 0.25,0.5`` (or a YAML number or list): one run per value, each in its tNNN/."""
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    try:
-        values = [float(v) for v in items if str(v).strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value}: not a number or comma list of numbers") from None
-    if not values:
-        raise argparse.ArgumentTypeError("no value given")
-    return values
 
 
 @dataclass(kw_only=True)
@@ -117,9 +105,10 @@ def check_config(cfg: GenerateConfig) -> None:
     if not cfg.out_dir:
         raise UserError("--out is required (on the command line or in --config)")
     for name in ("t_in", "t_out", "resample_start"):
-        v = getattr(cfg, name)
-        if not 0.0 <= v <= 1.0:
-            raise UserError(f"--{name.replace('_', '-')} {v}: must lie in [0, 1]")
+        try:
+            fraction(getattr(cfg, name))
+        except argparse.ArgumentTypeError as e:
+            raise UserError(f"--{name.replace('_', '-')} {e}") from None
     for name in ("n_in", "n_out", "steps", "jump_length", "jump_n_sample"):
         v = getattr(cfg, name)
         if int(v) != v or v < 1:

@@ -31,6 +31,28 @@ def blur_value(value) -> str:
     return text
 
 
+def fraction(value) -> float:
+    """A fraction of the sampling steps (``--t-in``, ``--t-out``, ``--resample-start``): a
+    number in [0, 1]. The one check of that range for flags, config files, experiment files
+    and ``check_config``; the pipeline's ``check_inputs`` guards its own arguments."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r}: not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value}: must lie in [0, 1]")
+    return v
+
+
+def t_values(value) -> list[float]:
+    """``--t-in 0.25,0.5`` (or a YAML number or list): one run per value, each in its tNNN/."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    values = [fraction(v) for v in items if str(v).strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("no value given")
+    return values
+
+
 def model_size_value(value) -> str:
     """``--model-size``: native, input, N or WxH (a YAML number too), kept as text."""
     try:
@@ -44,8 +66,9 @@ def model_size_value(value) -> str:
 class SamplingSettings:
     """The masked-ILVR settings of ``generate`` and ``composite`` (their common fields)."""
 
-    t_in: float = setting(0.5, "fraction of the steps the object keeps the reference's low frequencies, in [0, 1]")
-    t_out: float = setting(0.0, "same for the background: 0 = a freely generated scene")
+    t_in: float = setting(0.5, "fraction of the steps the object keeps the reference's low frequencies, in [0, 1]",
+                          type=fraction)
+    t_out: float = setting(0.0, "same for the background: 0 = a freely generated scene", type=fraction)
     n_in: int = setting(1, "object low-pass factor in the model's grid; 1 passes every frequency")
     n_out: int = setting(1, "background low-pass factor")
     space: Literal["x0", "xt"] = setting("x0", "guide the predicted clean sample (x0) or the noisy one "
@@ -54,7 +77,8 @@ class SamplingSettings:
                         type=blur_value)
     steps: int = setting(50, "sampling (DDIM) steps")
     guidance: float = setting(5.0, "classifier-free guidance of text models (the paper's --scale)")
-    resample_start: float = setting(0.0, "RePaint resampling from this fraction of the steps (0: off)")
+    resample_start: float = setting(0.0, "RePaint resampling from this fraction of the steps (0: off)",
+                                    type=fraction)
     jump_length: int = setting(10, "RePaint window (the paper's code fixes 10)")
     jump_n_sample: int = setting(10, "RePaint repeats per window (the paper's code fixes 10)")
     model: str | None = setting(None, "diffusers pipeline directory or cached hub id (default: the bundled model)")

@@ -86,7 +86,7 @@ def test_parse_sweeps():
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--t-in", "2"], r"`t_in` must lie in \[0, 1\]"),
+        (["--t-in", "2"], r"--t-in/--t_in: 2: must lie in \[0, 1\]"),
         (["--sweep", "zz=1"], "zz cannot be swept"),
         (["--mask", "MISSING"], "--mask MISSING: cannot read"),
         (["--model", "nobody/none-such"], "not in the Hugging Face cache"),

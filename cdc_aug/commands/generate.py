@@ -20,7 +20,7 @@ def settings_class():
 
 
 def cli_types() -> dict:
-    from cdc_aug.generate import t_values
+    from cdc_aug.sampling import t_values
 
     return {"t_in": t_values}  # a comma list runs a sweep, one subdirectory tNNN each
 
