@@ -3,7 +3,7 @@
 Each subcommand lives in ``cdc_aug/commands/<name>.py`` and defines ``register(sub)``,
 which adds its parser and sets ``func``. Heavy imports (torch, diffusers, pyrender)
 happen inside the ``func``s so that ``cdc-aug --help`` answers at once.
-``train`` and ``train-camera`` hand their arguments to LightningCLI unchanged.
+``train``, ``train-camera`` and ``pretrain`` hand their arguments to LightningCLI unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ COMMANDS = [
     ("render", "render shapes to images, masks, depth, normals + per-shape ground truth"),
     ("generate", "surround each render with a diffusion-generated scene (masked ILVR)"),
     ("composite", "masked ILVR on one image: object immersion, scribble editing, sweeps"),
-    ("pretrain", "train a small pixel-space diffusion model (the bundled default)"),
+    ("pretrain", "train a small pixel-space diffusion model, the bundled default (LightningCLI, as `train`)"),
     ("train", "train the D2IM-Net-style SVR model (LightningCLI; see `cdc-aug train --help`)"),
     ("train-camera", "train the camera estimator for images without a camera (LightningCLI, as `train`)"),
     ("eval", "Chamfer-L1 / F-score / normal consistency / IoU of a trained model"),
@@ -29,7 +29,8 @@ COMMANDS = [
     ("verify", "check a stage's shards: presence, sha256, unique keys, required fields"),
 ]
 # LightningCLI entries: their arguments go to LightningCLI unchanged
-LIGHTNING_COMMANDS = {"train": "train_svr.cli", "train-camera": "cdc_aug.commands.train_camera"}
+LIGHTNING_COMMANDS = {"train": "train_svr.cli", "train-camera": "cdc_aug.commands.train_camera",
+                      "pretrain": "cdc_aug.commands.pretrain"}
 
 
 def build_parser() -> argparse.ArgumentParser:
