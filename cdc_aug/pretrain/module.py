@@ -107,7 +107,7 @@ class DiffusionPretrainModule(L.LightningModule):
         sample_steps: DDIM steps of the sample grids.
     """
 
-    def __init__(self, image_size: int = 64, channels: list[int] = (32, 64, 128), layers_per_block: int = 1,
+    def __init__(self, image_size: int = 64, channels: tuple[int, ...] = (32, 64, 128), layers_per_block: int = 1,
                  lr: float = 3e-4, weight_decay: float = 1e-2, warmup_steps: int = 200, samples: int = 16,
                  sample_steps: int = 25):
         super().__init__()
