@@ -11,6 +11,8 @@ such features are dropped and z-scores are clipped to ±10.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -60,7 +62,10 @@ def kid(real: torch.Tensor, fake: torch.Tensor, features: torch.nn.Module | None
     ``ImageStatistics(real)``."""
     if len(real) != len(fake) or len(real) < 2:
         raise ValueError(f"kid: need two sets of the same size >= 2, got {len(real)} and {len(fake)}")
-    metric = KernelInceptionDistance(feature=features or ImageStatistics(real), subsets=1, subset_size=len(real))
+    with warnings.catch_warnings():  # "will save all extracted features in buffer": a few hundred numbers here
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")
+        metric = KernelInceptionDistance(feature=features or ImageStatistics(real), subsets=1,
+                                         subset_size=len(real))
     metric.update(real, real=True)
     metric.update(fake, real=False)
     return float(metric.compute()[0])
