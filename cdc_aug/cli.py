@@ -3,9 +3,8 @@
 Each subcommand lives in ``cdc_aug/commands/<name>.py``: ``settings_class()`` returns the
 dataclass that declares its settings (flags, ``--config`` keys, Python API; see
 ``cdc_aug/settings.py``) and ``run(settings)`` runs it. Heavy imports (torch, diffusers,
-pyrender) happen inside ``run`` so that ``cdc-aug --help`` answers at once. ``train`` and
-``train-camera`` hand their arguments to LightningCLI unchanged; a module with
-``register(sub, help)`` (``pretrain``) keeps its own argparse parser.
+pyrender) happen inside ``run`` so that ``cdc-aug --help`` answers at once. ``train``,
+``train-camera`` and ``pretrain`` hand their arguments to LightningCLI unchanged.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ COMMANDS = [
     ("render", "render shapes to images, masks, depth, normals + per-shape ground truth"),
     ("generate", "surround each render with a diffusion-generated scene (masked ILVR)"),
     ("composite", "masked ILVR on one image: object immersion, scribble editing, sweeps"),
-    ("pretrain", "train a small pixel-space diffusion model (the bundled default)"),
+    ("pretrain", "train a small pixel-space diffusion model, the bundled default (LightningCLI, as `train`)"),
     ("train", "train the D2IM-Net-style SVR model (LightningCLI; see `cdc-aug train --help`)"),
     ("train-camera", "train the camera estimator for images without a camera (LightningCLI, as `train`)"),
     ("eval", "Chamfer-L1 / F-score / normal consistency / IoU of a trained model"),
@@ -32,7 +31,8 @@ COMMANDS = [
 ]
 HELP = dict(COMMANDS)
 # LightningCLI entries: their arguments go to LightningCLI unchanged
-LIGHTNING_COMMANDS = {"train": "train_svr.cli", "train-camera": "cdc_aug.commands.train_camera"}
+LIGHTNING_COMMANDS = {"train": "train_svr.cli", "train-camera": "cdc_aug.commands.train_camera",
+                      "pretrain": "cdc_aug.commands.pretrain"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,15 +64,6 @@ def resolve(name: str, argv: list[str]):
                  types=module.cli_types() if hasattr(module, "cli_types") else None)
 
 
-def _legacy(name: str, argv: list[str]) -> int:
-    """A command that declares an argparse parser itself (``register``)."""
-    parser = argparse.ArgumentParser(prog="cdc-aug")
-    sub = parser.add_subparsers(dest="command")
-    command_module(name).register(sub, HELP[name])
-    args = parser.parse_args([name, *argv])
-    return args.func(args) or 0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = False
@@ -93,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         if name in LIGHTNING_COMMANDS:
             return importlib.import_module(LIGHTNING_COMMANDS[name]).main(rest) or 0
         module = command_module(name)
-        if hasattr(module, "register"):
-            return _legacy(name, rest)
         settings = resolve(name, rest)
         if settings is None:  # --print_config
             return 0

@@ -294,6 +294,7 @@ def _augmentation_grid(runs: list[Run], domains: list[str], path: Path) -> bool:
 
 def _reconstruction_strip(run: Run, path: Path) -> bool:
     """Inputs (top) over renders of their reconstructions (bottom), one column per saved view."""
+    from diffusers.utils import make_image_grid
     from PIL import Image
 
     pairs = []
@@ -303,13 +304,10 @@ def _reconstruction_strip(run: Run, path: Path) -> bool:
             pairs.append((Image.open(a).convert("RGB"), Image.open(b).convert("RGB")))
     if not pairs:
         return False
-    w = max(p[0].width for p in pairs)
-    h = max(p[0].height for p in pairs)
-    canvas = Image.new("RGB", (w * len(pairs) + 4 * (len(pairs) - 1), 2 * h + 4), (255, 255, 255))
-    for i, (a, b) in enumerate(pairs):
-        canvas.paste(a, (i * (w + 4), 0))
-        canvas.paste(b, (i * (w + 4), h + 4))
-    canvas.save(path)
+    size = pairs[0][0].size  # make_image_grid tiles at the first image's size
+    tops = [a.resize(size) for a, _ in pairs]
+    bottoms = [b.resize(size) for _, b in pairs]
+    make_image_grid(tops + bottoms, rows=2, cols=len(pairs)).save(path)
     return True
 
 

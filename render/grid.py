@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from diffusers.utils import make_image_grid
 from PIL import Image
 
 from cdc_aug.samples import decode_sample
@@ -34,13 +35,13 @@ def make_grid(render_dir: str | Path, shapes: int = 8, views: int = 6, tile: int
         if len(chosen) == shapes:
             break
     n_views = min(views, min(len(s) for s in chosen))
-    grid = Image.new("RGB", (tile * n_views, tile * len(chosen)), "white")
-    for r, samples in enumerate(chosen):
-        picks = np.linspace(0, len(samples) - 1, n_views).round().astype(int)
-        for c, i in enumerate(picks):
+    white = Image.new("RGBA", (tile, tile), "white")
+    tiles = []
+    for samples in chosen:
+        for i in np.linspace(0, len(samples) - 1, n_views).round().astype(int):
             im = Image.fromarray(samples[i]["rgba.png"], "RGBA").resize((tile, tile), Image.LANCZOS)
-            grid.paste(im, (c * tile, r * tile), im)
-    return grid
+            tiles.append(Image.alpha_composite(white, im).convert("RGB"))
+    return make_image_grid(tiles, rows=len(chosen), cols=n_views)
 
 
 def main(argv: list[str] | None = None) -> None:

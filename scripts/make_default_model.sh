@@ -4,9 +4,9 @@
 # sample photos (see cdc_aug/default_model/MODEL_CARD.md). Two photos are held out for
 # bench/default_model_quality.py.
 #   bash scripts/make_default_model.sh [extra cdc-aug pretrain flags]
-# The shipped run stopped on a 72-minute clock (--max-minutes 72) on a shared 2-core
-# machine; MAX_STEPS (default: the step it reached, see the model card) makes a rerun
-# stop at the same step whatever the machine's speed. On GPUs add e.g. --devices 4.
+# The shipped run stopped on a 72-minute clock on a shared 2-core machine; MAX_STEPS
+# (default: the step it reached, see the model card) makes a rerun stop at the same step
+# whatever the machine's speed. On GPUs add e.g. --trainer.devices 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -26,11 +26,12 @@ for name in ("coffee", "chelsea", "rocket", "astronaut"):
     if not p.exists():
         Image.fromarray(getattr(d, name)()).save(p)
 PY
-OMP_NUM_THREADS=1 .venv/bin/cdc-aug pretrain --config configs/pretrain_default.yaml \
-    --max-steps "${MAX_STEPS:-2030}" "$@"
+RUN=runs/pretrain-default  # name and runs_dir in the config
+OMP_NUM_THREADS=1 .venv/bin/cdc-aug pretrain --config configs/pretrain/default.yaml \
+    --trainer.max_steps "${MAX_STEPS:-2030}" "$@"
 rm -rf cdc_aug/default_model.new
-cp -r runs/pretrain-default/model cdc_aug/default_model.new
+cp -r "$RUN/model" cdc_aug/default_model.new
 cp cdc_aug/default_model/MODEL_CARD.md cdc_aug/default_model.new/ 2>/dev/null || true
-cp runs/pretrain-default/config.yaml cdc_aug/default_model.new/training_config.yaml
+cp "$RUN/tensorboard/config.yaml" cdc_aug/default_model.new/training_config.yaml
 rm -rf cdc_aug/default_model && mv cdc_aug/default_model.new cdc_aug/default_model
 echo "default model written to cdc_aug/default_model"

@@ -241,6 +241,14 @@ def test_checkpoint_save_and_resume(renders, tmp_path):
     assert steps[0] == [0, 1, 2, 3] and len(steps[1]) == 4 and min(steps[1]) > 3
     chamfers = [float(r["val/chamfer_l1"]) for rs in rows for r in rs if r.get("val/chamfer_l1")]
     assert chamfers and all(0 < c <= EMPTY_SCORES["chamfer_l1"] for c in chamfers)  # sqrt(3) for an empty mesh
+    # once per validation: the first input beside the depth of its reconstruction, in TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["val/input_and_reconstruction_depth"]
+    images = events.Images("val/input_and_reconstruction_depth")
+    assert len(images) == len(chamfers) and (images[0].width, images[0].height) == (128, 64)
     model = load_model(run / "checkpoints" / "last.ckpt")
     assert not model.training
     s = _first_sample(renders)
@@ -295,6 +303,18 @@ def test_one_minute_on_one_shape_reconstructs_a_closed_mesh_near_it(one_shape, t
     cd, cd_blob = chamfer_l1(mesh, surface), chamfer_l1(blob, surface)
     print(f"one shape: Chamfer-L1 {cd:.4f}, sphere guess {cd_blob:.4f}")
     assert cd < 0.05 and cd < 0.5 * cd_blob, (cd, cd_blob)
+
+
+def test_depth_image_keeps_the_nearest_point_per_pixel():
+    from train_svr.geometry import depth_image
+
+    K = torch.tensor([[10.0, 0, 3.0], [0, 10.0, 3.0], [0, 0, 1]])
+    RT = torch.cat([torch.eye(3), torch.tensor([[0.0], [0.0], [2.0]])], 1)  # the origin 2 units ahead
+    points = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5], [0.0, 0.0, -5.0], [0.4, 0.0, 0.0]])
+    depth = depth_image(points, K, RT, 8)
+    # (0, 0, z) projects to the principal point (3, 3); the nearer wins, behind the camera is dropped
+    assert depth[3, 3] == 2.0 and depth[3, 5] == 2.0  # (0.4, 0, 0): u = 10 * 0.4 / 2 + 3 = 5
+    assert torch.isinf(depth).sum() == 62
 
 
 def test_empty_sdf_gives_an_empty_mesh():

@@ -75,15 +75,19 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.")
 
 
-def build_cli(argv: list[str], module=SVRModule, prog: str = "cdc-aug train") -> SVRCLI:
-    return SVRCLI(module, SVRDataModule, args=argv, run=False, seed_everything_default=0,
-                  save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-                  parser_kwargs={"prog": prog, "exit_on_error": False})
+def build_cli(argv: list[str], module=SVRModule, prog: str = "cdc-aug train", datamodule=SVRDataModule,
+              cli_class=SVRCLI) -> SVRCLI:
+    return cli_class(module, datamodule, args=argv, run=False, seed_everything_default=0,
+                     save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+                     parser_kwargs={"prog": prog, "exit_on_error": False})
 
 
-def main(argv: list[str], module=SVRModule, prog: str = "cdc-aug train") -> int:
+def main(argv: list[str], module=SVRModule, prog: str = "cdc-aug train", datamodule=SVRDataModule,
+         cli_class=SVRCLI) -> int:
     """Parse, check every input, train. Returns the exit code (2 for a bad flag or key).
-    ``module``: the LightningModule (train_svr.camera.CameraModule for `train-camera`)."""
+    ``module``, ``datamodule``, ``cli_class``: the LightningModule (train_svr.camera.CameraModule for
+    `train-camera`), its data and the CLI class (cdc_aug.commands.pretrain's for `pretrain`,
+    which keeps this run layout)."""
     from jsonargparse import ArgumentError
 
     quiet_lightning()
@@ -91,7 +95,7 @@ def main(argv: list[str], module=SVRModule, prog: str = "cdc-aug train") -> int:
         # cdc-aug passes the arguments explicitly; the warning about sys.argv is noise here
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         try:
-            cli = build_cli(list(argv), module, prog)
+            cli = build_cli(list(argv), module, prog, datamodule, cli_class)
         except ArgumentError as e:  # an unknown key, a bad value: one line, not the whole usage
             raise UserError(" ".join(str(e).split())) from None
         except SystemExit as e:  # --help

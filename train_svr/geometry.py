@@ -45,6 +45,17 @@ def project(points: torch.Tensor, K: torch.Tensor, RT: torch.Tensor) -> torch.Te
     return uv1[..., :2]
 
 
+def depth_image(points: torch.Tensor, K: torch.Tensor, RT: torch.Tensor, size: int) -> torch.Tensor:
+    """(size, size) camera depth of the nearest of (N, 3) world points at each pixel they
+    project to (a point splat: cheap, for pictures, not for metrics); inf where none lands."""
+    z = to_camera(points[None], RT[None])[0, :, 2]
+    u, v = project(points[None], K[None], RT[None])[0].round().long().unbind(-1)
+    ok = (z > 0) & (u >= 0) & (u < size) & (v >= 0) & (v < size)
+    depth = torch.full((size * size,), float("inf"), dtype=z.dtype, device=z.device)
+    depth.scatter_reduce_(0, v[ok] * size + u[ok], z[ok], reduce="amin")
+    return depth.view(size, size)
+
+
 def sample_maps(maps: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Bilinear read of (B, C, H, W) maps at (B, N, 2) pixel coordinates -> (B, N, C);
     zero outside the image."""

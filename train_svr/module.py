@@ -71,7 +71,32 @@ class SVRModule(L.LightningModule):
                 mesh = mesh_from_batch(self, {k: v[i:i + 1] for k, v in batch.items() if torch.is_tensor(v)},
                                        self.hparams.val_resolution, self.hparams.val_chunk)
                 cds.append(chamfer_l1(mesh, batch["surface"][i].cpu().numpy(), n=batch["surface"].shape[1]))
+                if batch_idx == 0 and i == 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+                    self._log_reconstruction(batch["image"][0], mesh, batch["K"][0], batch["RT"][0])
             self.log("val/chamfer_l1", float(np.mean(cds)), batch_size=bs, sync_dist=True, prog_bar=True)
+
+    def _log_reconstruction(self, image: torch.Tensor, mesh, K: torch.Tensor, RT: torch.Tensor) -> None:
+        """The first validation input beside the depth of its reconstruction, to the loggers."""
+        from diffusers.utils import make_image_grid
+        from PIL import Image
+
+        from cdc_aug.imagelog import log_image
+
+        from .data import IMAGENET_MEAN, IMAGENET_STD
+        from .geometry import depth_image
+
+        size = image.shape[-1]
+        rgb = (image.float().cpu().permute(1, 2, 0).numpy() * IMAGENET_STD + IMAGENET_MEAN).clip(0, 1)
+        shade = np.zeros((size, size), np.uint8)  # black: no surface (an empty reconstruction)
+        if len(mesh.faces):
+            points = torch.from_numpy(np.asarray(mesh.sample(20000, seed=0), dtype=np.float32))
+            depth = depth_image(points, K.float().cpu(), RT.float().cpu(), size).numpy()
+            hit = np.isfinite(depth)
+            if hit.any():
+                near, far = depth[hit].min(), depth[hit].max()
+                shade[hit] = (255 - 191 * (depth[hit] - near) / max(far - near, 1e-6)).astype(np.uint8)
+        tiles = [Image.fromarray((rgb * 255).round().astype(np.uint8)), Image.fromarray(shade).convert("RGB")]
+        log_image(self.loggers, "val/input_and_reconstruction_depth", make_image_grid(tiles, 1, 2), self.global_step)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

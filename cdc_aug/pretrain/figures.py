@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 import torch
+from diffusers.utils import make_image_grid
 from PIL import Image, ImageDraw
 
 from cdc_aug.errors import UserError
@@ -29,38 +30,26 @@ def _label(img: Image.Image, text: str) -> Image.Image:
     return out
 
 
-def _row(images: list[Image.Image], gap: int = 4) -> Image.Image:
-    w = sum(i.width for i in images) + gap * (len(images) - 1)
-    out = Image.new("RGB", (w, max(i.height for i in images)), "white")
-    x = 0
-    for i in images:
-        out.paste(i, (x, 0))
-        x += i.width + gap
-    return out
+def samples_figure(model: str | None, steps: int, n: int = 16) -> Image.Image:
+    """n samples at the training size (DDIMPipeline) beside one sample as large as their grid
+    (MaskedILVRPipeline unguided: the UNet is fully convolutional)."""
+    import warnings
 
-
-def _column(images: list[Image.Image], gap: int = 4) -> Image.Image:
-    out = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images) + gap * (len(images) - 1)),
-                    "white")
-    y = 0
-    for i in images:
-        out.paste(i, (0, y))
-        y += i.height + gap
-    return out
-
-
-def samples_figure(model: str | None, steps: int, n: int = 16, big: int = 224) -> Image.Image:
-    """n samples at the training size and one at ``big``² (the UNet is fully convolutional)."""
     from cdc_aug.models import load_pipeline
 
-    from .module import sample_grid
+    from .module import grid, sample_images
 
     pipe = load_pipeline(model)
-    small = sample_grid(pipe, n=n, size=pipe.unet.config.sample_size, steps=steps, seed=0)
-    large = sample_grid(pipe, n=1, size=big, steps=steps, seed=1)
     s = pipe.unet.config.sample_size
-    return _row([_label(small, f"{n} samples, {s}x{s}, {steps} DDIM steps"),
-                 _label(large, f"one sample at {big}x{big}")], gap=8)
+    small = grid(sample_images(pipe.unet, pipe.scheduler.config, n=n, steps=steps, seed=0))
+    big = small.width
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`mask_image` 0 is empty")  # t_in = t_out = 0: no guidance
+        large = pipe(Image.new("RGB", (big, big), "grey"), Image.new("L", (big, big), 0), t_in=0.0, t_out=0.0,
+                     num_inference_steps=steps, height=big, width=big,
+                     generator=torch.Generator("cpu").manual_seed(1)).images[0]
+    return make_image_grid([_label(small, f"{n} samples, {s}x{s}, {steps} DDIM steps"),
+                            _label(large, f"one sample at {big}x{big}")], rows=1, cols=2)
 
 
 def read_renders(renders: str | Path, keys: list[str]) -> list[tuple[str, Image.Image, Image.Image]]:
@@ -93,14 +82,14 @@ def sweep_figure(model: str | None, renders: str, keys: list[str], t_ins: list[f
         base = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
         refs.append(Image.alpha_composite(base, rgba).convert("RGB"))
     masks = [m for _, _, m in items]
-    cols = [[_label(r, "render")] for r in refs]
+    rows = [[_label(r, "render")] for r in refs]
     for t_in in t_ins:
         # one generator per row, reseeded per t_in: columns differ only by t_in
         gens = [torch.Generator("cpu").manual_seed(i) for i in range(len(refs))]
         out = pipe(refs, masks, t_in=t_in, t_out=0.0, num_inference_steps=steps, generator=gens).images
-        for c, img in zip(cols, out):
-            c.append(_label(img, f"t_in={t_in:g}"))
-    return _column([_row(c) for c in cols])
+        for row, img in zip(rows, out):
+            row.append(_label(img, f"t_in={t_in:g}"))
+    return make_image_grid([tile for row in rows for tile in row], rows=len(rows), cols=len(rows[0]))
 
 
 def main(argv: list[str] | None = None) -> int:
