@@ -61,6 +61,18 @@ RUNTIME_KEYS = ("batch_size", "device", "overwrite", "threads", "out_dir", "prog
 REQUIRED_FIELDS = ("rgba.png", "mask.png", "camera.json", "meta.json")
 COPIED_FIELDS = ("mask.png", "camera.json", "meta.json", "normal.png", "depth.npy")
 DEFAULT_SAMPLES_PER_SHARD = 256
+# A small set is cut into at least this many output shards, so that every process of a
+# launch has work: 324 samples in 256-sample shards left rank 1 of 2 with 68 of them.
+MIN_OUTPUT_SHARDS = 8
+
+
+def samples_per_shard(setting: int | None, total: int) -> int:
+    """Output shard size: the setting, else 256, or fewer so that ``total`` samples make
+    ``MIN_OUTPUT_SHARDS`` shards. It depends on the input only, never on the number of
+    processes, so the output stays byte-identical for any launch."""
+    if setting:
+        return int(setting)
+    return max(1, min(DEFAULT_SAMPLES_PER_SHARD, -(-total // MIN_OUTPUT_SHARDS)))
 
 
 @dataclass(kw_only=True)
@@ -82,8 +94,9 @@ class GenerateConfig(SamplingSettings):
                                       "from the mode and t_in, e.g. t_in=0.5 or copy-paste); letters, digits, "
                                       "- _ . = only")
     # Decides the output's shard layout, not its samples; fixed for the life of a run.
-    samples_per_shard: int = setting(DEFAULT_SAMPLES_PER_SHARD, "samples per output shard, the unit of work "
-                                     "of a process and of a resume (fixed for the life of a run)")
+    samples_per_shard: int | None = setting(None, "samples per output shard, the unit of work of a process and "
+                                            "of a resume (default: 256, fewer for a set under 2,048 samples so that "
+                                            "it makes 8 shards; fixed for the life of a run)")
     # The grey the object is placed on to form the reference image; only the blur at
     # the mask border sees it (t_out = 0 frees the background).
     reference_grey: int = setting(127, "grey (0-255) under the object in the reference image")
@@ -121,7 +134,8 @@ def check_config(cfg: GenerateConfig) -> None:
         raise UserError("--mode copy-paste needs --backgrounds DIR")
     if cfg.label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}", cfg.label):
         raise UserError(f"--label {cfg.label!r}: use 1-64 letters, digits, - _ . =")
-    if int(cfg.samples_per_shard) != cfg.samples_per_shard or cfg.samples_per_shard < 1:
+    if cfg.samples_per_shard is not None and (int(cfg.samples_per_shard) != cfg.samples_per_shard
+                                              or cfg.samples_per_shard < 1):
         raise UserError(f"--samples-per-shard {cfg.samples_per_shard}: must be a positive integer")
     if cfg.nproc < 1:
         raise UserError(f"--nproc {cfg.nproc}: must be at least 1")
@@ -548,7 +562,7 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
             return in_split(key) and view_of_key(key) in views
 
     plan = InputPlan.read(in_shards, keep)
-    per = int(cfg.samples_per_shard)
+    per = samples_per_shard(cfg.samples_per_shard, plan.total)
     n_out = plan.num_output_shards(per)
     if n_out == 0:
         raise UserError(f"--in {cfg.in_dir}: no readable samples in --split {cfg.split}")

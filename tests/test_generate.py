@@ -343,3 +343,12 @@ def test_kill_and_resume(renders, tiny_model, tmp_path):
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert verify(out).ok
     assert read_index(out)["num_samples"] == read_index(renders)["num_samples"]
+
+
+def test_default_shard_size_gives_every_process_work():
+    from cdc_aug.generate import samples_per_shard
+
+    assert samples_per_shard(None, 324) == 41  # 8 shards, 4 for each of 2 processes (was 256 + 68)
+    assert samples_per_shard(None, 100_000) == 256
+    assert samples_per_shard(None, 3) == 1
+    assert samples_per_shard(5, 324) == 5  # the setting wins
