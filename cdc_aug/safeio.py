@@ -37,6 +37,7 @@ DEFAULT_CAPS = {
     "mtl": 16 << 20,
     "texture": 64 << 20,
     "member": 64 << 20,
+    "json": 64 << 20,  # index.json, pix3d.json (11 MB), annotation files
 }
 
 # OSErrors that say the machine, not the input, is at fault: the stage stops (and can be
@@ -75,6 +76,21 @@ def read_capped(path: str | os.PathLike, kind: str) -> bytes:
     if len(data) > limit:
         raise TooLarge(f"{p.name}: larger than the {kind} cap of {human(limit)}")
     return data
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file read within the "json" cap; a one-line UserError when it is too large or
+    not JSON (the caller checks the shape of what it holds)."""
+    import json
+
+    from .errors import UserError
+
+    try:
+        return json.loads(read_capped(path, "json"))
+    except TooLarge as e:  # its message names the file already, or only its base name
+        raise UserError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
 def check_size(path: str | os.PathLike, kind: str) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .safeio import atomic_file, atomic_write_text, cap, human, is_stage_error
+from .safeio import atomic_file, atomic_write_text, cap, human, is_stage_error, read_json
 from .samples import encode_sample
 
 INDEX = "index.json"
@@ -384,10 +384,7 @@ def read_index(root: str | os.PathLike) -> dict[str, Any]:
     path = root / INDEX
     if not path.exists():
         raise UserError(f"{path}: missing (is {root} the output of a finished cdc-aug stage?)")
-    try:
-        index = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from e
+    index = read_json(path)
     if not isinstance(index, dict) or not isinstance(index.get("shards", []), list):
         raise UserError(f"{path}: not a cdc-aug index (expected an object with a 'shards' list)")
     for i, e in enumerate(index.get("shards", [])):

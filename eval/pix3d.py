@@ -45,6 +45,7 @@ import numpy as np
 from cdc_aug.errors import UserError
 from cdc_aug.layout import shape_file, shape_key
 from cdc_aug.runinfo import derive_seed
+from cdc_aug.safeio import read_json
 from cdc_aug.samples import make_key, sanitize_id
 from cdc_aug.shards import Failure
 
@@ -97,10 +98,7 @@ def read_annotations(root: Path) -> list[dict]:
         raise UserError(f"--data pix3d:{root}: not a directory")
     if not path.is_file():
         raise UserError(f"{path}: missing (is {root} a Pix3D copy? it holds pix3d.json, img/, mask/, model/)")
-    try:
-        entries = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    entries = read_json(path)
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise UserError(f"{path}: expected a list of annotation objects")
     return entries

@@ -168,7 +168,7 @@ def scene_parts(loaded) -> list[trimesh.Trimesh]:
 
 def plain_colours(part: trimesh.Trimesh) -> trimesh.Trimesh:
     """Replace a texture that pyrender cannot draw (no UV coordinates, or no image) by
-    the material's main colour: pyrender's shader fails to compile for those (DESIGN §2)."""
+    the material's main colour: pyrender's shader fails to compile for those (render/README.md, "Textures")."""
     vis = part.visual
     if getattr(vis, "kind", None) != "texture" and not isinstance(vis, trimesh.visual.TextureVisuals):
         return part

@@ -520,3 +520,17 @@ def test_n_in_that_does_not_divide_the_grid_is_refused_before_any_sample(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--n-in 3: does not divide the 64x64 grid" in err[0]
     assert not list((tmp_path / "o").glob("shards/*.tar"))
+
+
+def test_json_inputs_are_read_within_a_cap(tmp_path, monkeypatch):
+    from cdc_aug.errors import UserError
+    from cdc_aug.safeio import read_json
+
+    big = tmp_path / "index.json"
+    big.write_text("[" + "0," * 600 + "0]")
+    monkeypatch.setenv("CDC_AUG_MAX_JSON_BYTES", "1000")
+    with pytest.raises(UserError, match=r"index.json: larger than the json cap"):
+        read_json(big)
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(UserError, match="bad.json: not valid JSON"):
+        read_json(tmp_path / "bad.json")

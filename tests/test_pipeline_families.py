@@ -20,7 +20,7 @@ from diffusers import (
 )
 from fake_renders import make_render_dir
 from PIL import Image
-from tiny_models import SIZE, flux_components, sd3_components, sdxl_components
+from tiny_models import SIZE, flux_components, reference, sd3_components, sdxl_components, square_mask
 
 from cdc_aug import models
 from cdc_aug.cli import main
@@ -55,16 +55,6 @@ def pipes(tmp_path_factory):
         pipe.set_progress_bar_config(disable=True)
         out[kind] = pipe
     return out
-
-
-def reference(seed=0, h=SIZE, w=SIZE):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def square_mask(h=SIZE, w=SIZE):
-    m = np.zeros((h, w), np.float32)
-    m[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
-    return m
 
 
 def run(pipe, image=None, mask=None, seed=0, **kw):

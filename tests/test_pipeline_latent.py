@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from tiny_models import tiny_tokenizer
+from tiny_models import reference, square_mask, tiny_tokenizer
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from cdc_aug import MaskedILVRPipeline, models
@@ -50,16 +50,6 @@ def inpaint(tmp_path_factory):
     pipe = MaskedILVRPipeline(**tiny_components(tmp_path_factory.mktemp("inp"), inpainting=True))
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def reference(seed=0, h=SIZE, w=SIZE):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def square_mask(h=SIZE, w=SIZE):
-    m = np.zeros((h, w), np.float32)
-    m[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
-    return m
 
 
 def run(pipe, image=None, mask=None, seed=0, **kw):

@@ -12,6 +12,7 @@ from diffusers import (
     UNet2DModel,
     UniPCMultistepScheduler,
 )
+from tiny_models import reference, square_mask
 
 from cdc_aug import MaskedILVRPipeline
 from cdc_aug.pipeline_masked_ilvr import step_plan
@@ -38,16 +39,6 @@ def make_pipe(scheduler=None) -> MaskedILVRPipeline:
 @pytest.fixture(scope="module")
 def pipe():
     return make_pipe()
-
-
-def reference(seed=0, h=SIZE, w=SIZE):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def square_mask(h=SIZE, w=SIZE):
-    m = np.zeros((h, w), np.float32)
-    m[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
-    return m
 
 
 def gen(seed=0):

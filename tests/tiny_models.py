@@ -8,6 +8,7 @@ those of its masked-ILVR pipeline. Native sizes are 32² (a 2× VAE on a 16² la
 import json
 import string
 
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -112,3 +113,15 @@ def flux_components(tmp_path, guidance_embeds: bool = True) -> dict:
                                               use_post_quant_conv=False),
                 text_encoder=CLIPTextModel(_clip_config()), tokenizer=tiny_tokenizer(tmp_path / "tok"),
                 text_encoder_2=_t5(32), tokenizer_2=tiny_t5_tokenizer(), transformer=transformer)
+
+
+def reference(seed: int = 0, h: int = 32, w: int = 32) -> np.ndarray:
+    """A random RGB reference image (uint8 HxWx3), the same for the same seed."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def square_mask(h: int = 32, w: int = 32) -> np.ndarray:
+    """An object mask: the centre square, half the side."""
+    m = np.zeros((h, w), np.float32)
+    m[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
+    return m
