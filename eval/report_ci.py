@@ -18,15 +18,10 @@ import yaml
 from cdc_aug.safeio import atomic_write_text
 
 from .evaluate import read_rows
+from .report import REPORT_METRICS
 from .stats import Cell, bootstrap_ci, family_and_seed, make_cell, paired_difference
 
-CI_METRICS = [  # (key, label, higher is better)
-    ("chamfer_l1", "Chamfer-L1", False),
-    ("iou_3d", "3D IoU", True),
-    ("iou_2d", "2D IoU", True),
-    ("fscore@0.01", "F-score@0.01", True),
-    ("normal_consistency", "Normal consistency", True),
-]
+CI_METRICS = REPORT_METRICS  # one list: the CI tables show what the plain tables show
 DIFF_METRICS = ("chamfer_l1", "iou_3d", "iou_2d")
 
 EXPLAIN = (
