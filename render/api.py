@@ -67,8 +67,7 @@ class RenderConfig:
 
 
 def render_dataset(out_dir: str | os.PathLike = "data/renders", source: str | None = None,
-                   categories: Iterable[str] | str | None = None, max_shapes: int = 4, views: int = 36,
-                   size: int = 224, workers: int = 1, seed: int = 0, shapes_dir: str | os.PathLike | None = None,
+                   categories: Iterable[str] | str | None = None, *, shapes_dir: str | os.PathLike | None = None,
                    root: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
                    **options: Any) -> dict:
     """Render shapes into ``out_dir`` (shards, index.json, failures.jsonl, splits.json,
@@ -76,7 +75,8 @@ def render_dataset(out_dir: str | os.PathLike = "data/renders", source: str | No
 
     ``source``: "sweethome3d" (default when the Debian catalogs are installed),
     "shapenet" (with ``root``) or "procedural". ``categories``: names or synset ids.
-    ``max_shapes``: per category, 0 = all. Other options: see ``RenderConfig``.
+    ``options``: any other field of ``RenderConfig`` (``max_shapes`` per category, 0 = all;
+    ``views``, ``size``, ``seed``, ``workers``, ...), with ``RenderConfig``'s defaults, declared once there.
     Resumes an interrupted run with the same parameters. Returns the index (index.json).
     ``workers`` > 1 spawns processes: call it under ``if __name__ == "__main__":``.
     """
@@ -93,9 +93,8 @@ def render_dataset(out_dir: str | os.PathLike = "data/renders", source: str | No
     unknown = set(options) - set(RenderConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"render_dataset: unknown options {sorted(unknown)}")
-    cfg = RenderConfig(source=source, categories=list(categories), max_shapes=int(max_shapes), views=int(views),
-                       size=int(size), seed=int(seed), root=str(root) if root is not None else None,
-                       shapes_dir=shapes_rel, workers=int(workers), **options)
+    cfg = RenderConfig(source=source, categories=list(categories), root=str(root) if root is not None else None,
+                       shapes_dir=shapes_rel, **options)
     cfg.check()
     problems: list[Failure] = []
     refs = list_shapes(cfg.source, cfg.categories, cfg.max_shapes, cfg.seed, cfg.root, problems)
