@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--mesh", default="torus")
     a = p.parse_args()
 
+    import webdataset  # noqa: F401 - once per process (it imports torch): start-up, not a per-view cost
+
     from cdc_aug.shards import ShardStore
     from render.api import RenderConfig, _render_shape, get_renderer
     from render.cameras import sample_view
