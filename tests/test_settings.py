@@ -60,3 +60,18 @@ def test_dashed_and_underscored_flags_are_one_setting():
     a = resolve("generate", ["--t-in", "0.25", "--model-size", "64", "--no-progress", "--in", "r"])
     b = resolve("generate", ["--t_in", "0.25", "--model_size", "64", "--no_progress", "--in_dir", "r"])
     assert a == b and (a.model_size, a.progress, a.in_dir) == ("64", False, "r")
+
+
+@pytest.mark.parametrize("command", ["train", "train-camera", "pretrain"])
+def test_lightning_commands_flag_beats_file_and_refuse_unknown_keys(command, tmp_path, capsys):
+    """The LightningCLI commands keep the same contract: the command line beats --config
+    and an unknown key is one line and exit 2."""
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  max_epochs: 3\n")
+    assert main([command, "--config", str(path), "--trainer.max_epochs", "1000", "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_epochs"] == 1000
+    path.write_text("trainerz: 1\n")
+    assert main([command, "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trainerz" in err and len(err.splitlines()) == 1
