@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import save_checkpoint
 
 from cdc_aug.cli import main as cli_main
 from train_svr.camera import (
@@ -43,15 +44,10 @@ def views(root, split):
 
 
 def tiny_svr_checkpoint(path):
-    import lightning
-
     from train_svr.module import SVRModule
 
-    m = SVRModule(image_size=SIZE, encoder_width=8, latent_dim=16, decoder_width=8, detail_channels=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
-                "pytorch-lightning_version": lightning.__version__}, path)
-    return path
+    return save_checkpoint(SVRModule(image_size=SIZE, encoder_width=8, latent_dim=16, decoder_width=8,
+                                     detail_channels=8), path)
 
 
 def test_rotation_helpers():
@@ -130,12 +126,8 @@ def test_train_camera_command_and_predicted_cameras_in_eval(renders, tmp_path, c
 
 def test_camera_flag_errors_are_one_line(renders, tmp_path, capsys):
     svr = tiny_svr_checkpoint(tmp_path / "svr.ckpt")
-    untrained = tmp_path / "untrained.ckpt"
-    import lightning
-
-    m = CameraModule(image_size=SIZE, encoder_width=8, hidden=16)
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
-                "pytorch-lightning_version": lightning.__version__}, untrained)
+    untrained = save_checkpoint(CameraModule(image_size=SIZE, encoder_width=8, hidden=16),
+                                tmp_path / "untrained.ckpt")
     cases = [([], "required with --camera predicted"),
              (["--camera-ckpt", str(tmp_path / "nope.ckpt")], "does not exist"),
              (["--camera-ckpt", str(untrained)], "untrained estimator"),

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import trimesh
+from tiny_models import save_checkpoint
 
 from cdc_aug.cli import main as cli_main
 from cdc_aug.errors import UserError
@@ -163,7 +164,6 @@ def test_model_identity_from_run_config(renders, tmp_path):
 def test_eval_command_end_to_end_with_a_tiny_checkpoint(renders, tmp_path, capsys):
     """The command loads a Lightning checkpoint of an (untrained) tiny model and writes every
     output; an untrained SDF has no zero crossing, so every view scores as empty."""
-    import lightning
     import torch
     import yaml
 
@@ -171,10 +171,7 @@ def test_eval_command_end_to_end_with_a_tiny_checkpoint(renders, tmp_path, capsy
 
     torch.manual_seed(0)
     m = SVRModule(image_size=64, encoder_width=16, latent_dim=64, decoder_width=32, detail_channels=16)
-    ckpt = tmp_path / "runs" / "svr-t025" / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
-                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    ckpt = save_checkpoint(m, tmp_path / "runs" / "svr-t025" / "checkpoints" / "last.ckpt")
     out = tmp_path / "ev"
     assert cli_main(["eval", "--ckpt", str(ckpt), "--data", str(renders), "--views", "0", "--resolution", "16",
                      "--points", "1000", "--no-progress", "--out", str(out)]) == 0

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from pix3d_fixture import make_pix3d
+from tiny_models import save_checkpoint
 
 from cdc_aug.cli import main as cli_main
 from cdc_aug.errors import UserError
@@ -100,7 +101,6 @@ def test_2d_iou_with_the_true_shape_and_camera(folder, tmp_path):
 
 
 def test_eval_command_on_photos_uses_the_estimator(folder, tmp_path, capsys):
-    import lightning
 
     from train_svr.camera import CameraModule
     from train_svr.module import SVRModule
@@ -112,10 +112,7 @@ def test_eval_command_on_photos_uses_the_estimator(folder, tmp_path, capsys):
     cam.mean_K.copy_(torch.tensor([[35.0, 0, 15.5], [0, 35.0, 15.5], [0, 0, 1]]))  # as after a training step
     paths = {}
     for name, m in (("svr-clean", svr), ("camera", cam)):
-        paths[name] = tmp_path / "runs" / name / "checkpoints" / "last.ckpt"
-        paths[name].parent.mkdir(parents=True)
-        torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
-                    "pytorch-lightning_version": lightning.__version__}, paths[name])
+        paths[name] = save_checkpoint(m, tmp_path / "runs" / name / "checkpoints" / "last.ckpt")
     base = ["eval", "--ckpt", str(paths["svr-clean"]), "--data", f"images:{root}", "--crop-size", "48",
             "--cache-dir", str(tmp_path / "cache"), "--resolution", "12", "--no-progress", "--out", str(tmp_path / "o")]
     assert cli_main(base) == 2

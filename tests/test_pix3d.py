@@ -8,6 +8,7 @@ import pytest
 import trimesh
 from PIL import Image
 from pix3d_fixture import make_pix3d
+from tiny_models import save_checkpoint
 
 from cdc_aug.cli import main as cli_main
 from cdc_aug.errors import UserError
@@ -117,7 +118,6 @@ def test_evaluate_with_the_true_models_scores_near_perfect(fixture, prepared, tm
 
 
 def test_eval_command_on_pix3d(fixture, prepared, tmp_path, capsys):
-    import lightning
     import torch
 
     from train_svr.module import SVRModule
@@ -125,10 +125,7 @@ def test_eval_command_on_pix3d(fixture, prepared, tmp_path, capsys):
     root, _ = fixture
     torch.manual_seed(0)
     m = SVRModule(image_size=64, encoder_width=8, latent_dim=16, decoder_width=8, detail_channels=8)
-    ckpt = tmp_path / "runs" / "svr-clean" / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
-                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    ckpt = save_checkpoint(m, tmp_path / "runs" / "svr-clean" / "checkpoints" / "last.ckpt")
     out = tmp_path / "ev"
     assert cli_main(["eval", "--ckpt", str(ckpt), "--data", f"pix3d:{root}", "--categories", "chair",
                      "--crop-size", "64", "--cache-dir", str(prepared.parent), "--resolution", "16",

@@ -125,3 +125,14 @@ def square_mask(h: int = 32, w: int = 32) -> np.ndarray:
     m = np.zeros((h, w), np.float32)
     m[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
     return m
+
+
+def save_checkpoint(module, path):
+    """``module`` (an untrained LightningModule) as the checkpoint a Lightning run writes:
+    what eval and the camera estimator load. Returns ``path``."""
+    import lightning
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__}, path)
+    return path
