@@ -66,7 +66,7 @@ DEFAULT_SAMPLES_PER_SHARD = 256
 MIN_OUTPUT_SHARDS = 8
 
 
-def samples_per_shard(setting: int | None, total: int) -> int:
+def output_shard_size(setting: int | None, total: int) -> int:
     """Output shard size: the setting, else 256, or fewer so that ``total`` samples make
     ``MIN_OUTPUT_SHARDS`` shards. It depends on the input only, never on the number of
     processes, so the output stays byte-identical for any launch."""
@@ -562,7 +562,7 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
             return in_split(key) and view_of_key(key) in views
 
     plan = InputPlan.read(in_shards, keep)
-    per = samples_per_shard(cfg.samples_per_shard, plan.total)
+    per = output_shard_size(cfg.samples_per_shard, plan.total)
     n_out = plan.num_output_shards(per)
     if n_out == 0:
         raise UserError(f"--in {cfg.in_dir}: no readable samples in --split {cfg.split}")

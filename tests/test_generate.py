@@ -346,9 +346,9 @@ def test_kill_and_resume(renders, tiny_model, tmp_path):
 
 
 def test_default_shard_size_gives_every_process_work():
-    from cdc_aug.generate import samples_per_shard
+    from cdc_aug.generate import output_shard_size
 
-    assert samples_per_shard(None, 324) == 41  # 8 shards, 4 for each of 2 processes (was 256 + 68)
-    assert samples_per_shard(None, 100_000) == 256
-    assert samples_per_shard(None, 3) == 1
-    assert samples_per_shard(5, 324) == 5  # the setting wins
+    assert output_shard_size(None, 324) == 41  # 8 shards, 4 for each of 2 processes (was 256 + 68)
+    assert output_shard_size(None, 100_000) == 256
+    assert output_shard_size(None, 3) == 1
+    assert output_shard_size(5, 324) == 5  # the setting wins
