@@ -90,6 +90,10 @@ class GenerateConfig(SamplingSettings):
     split: str = setting("train", "train | val | test | all")
     views: list[int] | None = setting(None, "comma-separated view indices to augment, e.g. 0,1,2,33,34,35 "
                                             "(default: every view)", type=index_list)
+    # An experiment scores a few views of each test shape; making the others costs time and
+    # changes nothing it reports (cdc_aug/experiment.py passes its eval views here).
+    test_views: list[int] | None = setting(None, "view indices to augment of the test split's shapes (default: as "
+                                                 "--views), e.g. the views eval scores", type=index_list)
     label: str | None = setting(None, "the test-domain name evaluation and reports use for this run (default: "
                                       "from the mode and t_in, e.g. t_in=0.5 or copy-paste); letters, digits, "
                                       "- _ . = only")
@@ -152,11 +156,15 @@ def check_config(cfg: GenerateConfig) -> None:
         raise UserError(f"--in {cfg.in_dir}: holds a '{index.get('stage')}' stage, not renders")
     if not index.get("shards") or not index.get("num_samples"):
         raise UserError(f"--in {cfg.in_dir}: holds no samples")
-    if cfg.views is not None and index.get("views") is not None:
-        missing = sorted(v for v in cfg.views if not 0 <= v < int(index["views"]))
+    for flag, views in (("--views", cfg.views), ("--test-views", cfg.test_views)):
+        if views is None or index.get("views") is None:
+            continue
+        missing = sorted(v for v in views if not 0 <= v < int(index["views"]))
         if missing:
-            raise UserError(f"--views: {cfg.in_dir} has {index['views']} views per shape (0-{int(index['views']) - 1}), "
+            raise UserError(f"{flag}: {cfg.in_dir} has {index['views']} views per shape (0-{int(index['views']) - 1}), "
                             f"not {', '.join(map(str, missing))}")
+    if cfg.test_views is not None and "test" not in read_splits(src):
+        raise UserError(f"--test-views: {src / SPLITS} has no test split")
     if cfg.split != "all":
         splits = read_splits(src)
         if cfg.split not in splits:
@@ -555,11 +563,15 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
 
         def keep(key):
             return split_of_key(key) in wanted
-    if cfg.views is not None:
-        views, in_split = set(cfg.views), keep
+    if cfg.views is not None or cfg.test_views is not None:
+        every = None if cfg.views is None else set(cfg.views)
+        test = every if cfg.test_views is None else set(cfg.test_views)
+        test_shapes = set(read_splits(src).get("test", [])) if cfg.test_views is not None else set()
+        in_split = keep
 
         def keep(key):
-            return in_split(key) and view_of_key(key) in views
+            views = test if split_of_key(key) in test_shapes else every
+            return in_split(key) and (views is None or view_of_key(key) in views)
 
     plan = InputPlan.read(in_shards, keep)
     per = output_shard_size(cfg.samples_per_shard, plan.total)

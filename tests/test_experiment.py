@@ -189,3 +189,14 @@ def test_stage_env_shares_the_cores_between_parallel_stages(monkeypatch):
     assert stage_env(1, environ={})["MKL_NUM_THREADS"] == "4"
     # a thread count the user exported is kept
     assert stage_env(2, environ={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
+
+
+def test_generate_makes_only_the_test_views_eval_scores(tmp_path):
+    stages = {s.name: s for s in plan(load_experiment(_config(tmp_path)))}
+    for name in ("generate t050", "generate copy-paste"):
+        argv = stages[name].argv
+        assert argv[argv.index("--test-views") + 1] == "0"
+    cfg = yaml.safe_load(_config(tmp_path).read_text())
+    del cfg["eval"]["views"]  # every view scored: every view made
+    (tmp_path / "all.yaml").write_text(yaml.safe_dump(cfg))
+    assert all("--test-views" not in s.argv for s in plan(load_experiment(tmp_path / "all.yaml")))

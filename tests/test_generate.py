@@ -8,6 +8,7 @@ from fake_renders import make_render_dir, write_backgrounds
 
 from cdc_aug.cli import main
 from cdc_aug.distributed import first_slurm_host
+from cdc_aug.layout import split_of_key, view_of_key
 from cdc_aug.samples import decode_sample
 from cdc_aug.shards import ShardStore, iter_tar_samples, read_index, shard_paths
 from cdc_aug.verify import verify
@@ -352,3 +353,26 @@ def test_default_shard_size_gives_every_process_work():
     assert output_shard_size(None, 100_000) == 256
     assert output_shard_size(None, 3) == 1
     assert output_shard_size(5, 324) == 5  # the setting wins
+
+
+def test_test_views_skip_the_other_views_of_test_shapes_only(tmp_path, tiny_model):
+    """--test-views (what an experiment passes: its eval views) drops the other views of the
+    test shapes, keeps every view of the train and val shapes, and changes no kept image."""
+    renders = make_render_dir(tmp_path / "renders", shapes=4, views=3)
+    assert _ilvr(renders, tiny_model, tmp_path / "all", "--split", "all", "--t-in", "0.5") == 0
+    assert _ilvr(renders, tiny_model, tmp_path / "some", "--split", "all", "--t-in", "0.5", "--test-views", "0,2") == 0
+    splits = json.loads((renders / "splits.json").read_text())
+    full, some = _images(tmp_path / "all"), _images(tmp_path / "some")
+    assert set(some) == {k for k in full if split_of_key(k) not in splits["test"] or view_of_key(k) in (0, 2)}
+    assert len(some) == len(full) - len(splits["test"])
+    assert {k: full[k] for k in some} == some
+    assert verify(tmp_path / "some").ok
+
+
+def test_test_views_out_of_range_is_one_line(tiny_model, tmp_path, capsys):
+    renders = make_render_dir(tmp_path / "renders")
+    index = json.loads((renders / "index.json").read_text())
+    (renders / "index.json").write_text(json.dumps({**index, "views": 2}))  # as the render stage records it
+    assert _ilvr(renders, tiny_model, tmp_path / "g", "--split", "all", "--test-views", "5") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--test-views" in err and "not 5" in err
