@@ -49,6 +49,7 @@ import yaml
 
 from .errors import UserError
 from .runinfo import write_config
+from .sampling import t_tag as tag
 from .sampling import t_values as sweep_values
 from .settings import check_section, flags
 
@@ -82,10 +83,6 @@ class Stage:
         # The marker is written only after the command succeeded: a killed stage whose
         # output file already exists (a mid-training checkpoint) is not taken as done.
         return self.done_file is not None and self.done_file.exists() and self.marker(runs).exists()
-
-
-def tag(t: float) -> str:
-    return f"t{round(t * 100):03d}"
 
 
 @cache
@@ -241,11 +238,21 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
     domains: dict[str, Path] = {"clean": renders}
     train_domains = ["clean"]
     t_values = g.get("t_in", [0.25, 0.5, 0.75])
-    for tv in t_values if isinstance(t_values, list) else [t_values]:
-        out = data / "aug" / tag(float(tv))
-        stages.append(Stage(f"generate {tag(float(tv))}", generate(out, "all", {"t_in": tv}), out, out / "index.json"))
-        domains[tag(float(tv))] = out
-        train_domains.append(tag(float(tv)))
+    t_values = [float(tv) for tv in (t_values if isinstance(t_values, list) else [t_values])]
+    for tv in t_values:
+        domains[tag(tv)] = data / "aug" / tag(tv)
+        train_domains.append(tag(tv))
+    if len(t_values) == 1:
+        out = domains[tag(t_values[0])]
+        stages.append(Stage(f"generate {tag(t_values[0])}", generate(out, "all", {"t_in": t_values[0]}), out,
+                            out / "index.json"))
+    elif t_values:
+        # One generate sweep (aug/tNNN each): its processes start and load the model once
+        # for every T_in, not once per value (about 20 CPU-s a stage on 2 cores: spawned
+        # workers re-import torch and diffusers). Done when the last value's set is.
+        last = domains[tag(t_values[-1])]
+        stages.append(Stage("generate " + ",".join(tag(tv) for tv in t_values),
+                            generate(data / "aug", "all", {"t_in": t_values}), last, last / "index.json"))
     if g.get("copy_paste", True):
         out = data / "aug" / "copy-paste"
         cp = {"mode": "copy-paste", "backgrounds": g["backgrounds"], "batch_size": None}

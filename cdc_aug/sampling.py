@@ -53,6 +53,11 @@ def t_values(value) -> list[float]:
     return values
 
 
+def t_tag(t: float) -> str:
+    """The subdirectory of one value of a --t-in sweep (and an experiment's domain name): tNNN."""
+    return f"t{round(float(t) * 100):03d}"
+
+
 def model_size_value(value) -> str:
     """``--model-size``: native, input, N or WxH (a YAML number too), kept as text."""
     try:

@@ -200,3 +200,25 @@ def test_generate_makes_only_the_test_views_eval_scores(tmp_path):
     del cfg["eval"]["views"]  # every view scored: every view made
     (tmp_path / "all.yaml").write_text(yaml.safe_dump(cfg))
     assert all("--test-views" not in s.argv for s in plan(load_experiment(tmp_path / "all.yaml")))
+
+
+def test_t_in_values_are_one_generate_sweep(tmp_path):
+    """Several T_in values: one generate stage (its processes start once) writing aug/tNNN
+    each, and one model per value trained on its own set."""
+    cfg = yaml.safe_load(_config(tmp_path).read_text())
+    cfg["generate"]["t_in"] = [0.25, 0.5]
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    stages = {s.name: s for s in plan(load_experiment(tmp_path / "sweep.yaml"))}
+    gen = stages["generate t025,t050"]
+    assert [n for n in stages if n.startswith("generate")] == ["generate t025,t050", "generate copy-paste"]
+    assert gen.argv[gen.argv.index("--t-in") + 1] == "0.25,0.5"
+    aug = tmp_path / "data" / "aug"
+    assert gen.argv[gen.argv.index("--out") + 1] == str(aug) and gen.done_file == aug / "t050" / "index.json"
+    for t in ("t025", "t050"):
+        train = stages[f"train svr-{t}"].argv
+        assert train[train.index("--data.shards") + 1] == f"[{aug / t}]"
+    from cdc_aug.cli import resolve
+    from cdc_aug.commands.generate import make_configs
+
+    settings = resolve("generate", gen.argv[1:])
+    assert [c.out_dir for c in make_configs(settings)] == [str(aug / "t025"), str(aug / "t050")]

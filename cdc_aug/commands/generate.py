@@ -27,13 +27,15 @@ def cli_types() -> dict:
 
 def make_configs(settings):
     """One GenerateConfig per --t-in value (a sweep writes one tNNN/ each)."""
+    from cdc_aug.sampling import t_tag
+
     t_list = settings.t_in if isinstance(settings.t_in, list) else [settings.t_in]
     t_list = t_list if settings.mode == "ilvr" else [0.0]
     configs = []
     for t in t_list:
         out = Path(settings.out_dir) if settings.out_dir else None
         if out is not None and len(t_list) > 1:
-            out = out / f"t{round(t * 100):03d}"
+            out = out / t_tag(t)
         configs.append(replace(settings, t_in=float(t), out_dir=str(out) if out is not None else None))
     return configs
 
