@@ -71,3 +71,28 @@ def test_identity_reads_the_training_config_where_lightningcli_saves_it(tmp_path
     ident = checkpoint_identity(run / "checkpoints" / "last.ckpt")
     assert ident["train_seed"] == 2 and ident["train_identity_from"] == "run name"
     assert ident["train_data"] == [{"dir": str(tmp_path / "missing-aug"), "domain": None}]
+
+
+def _bootstrap_one_at_a_time(values, n_boot=2000, seed=0, level=0.95):
+    """The straightforward loop bootstrap_ci replaces: one resample at a time."""
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    rng = np.random.default_rng(seed)
+    shape_idx = rng.integers(0, values.shape[1], size=(n_boot, values.shape[1]))
+    seed_idx = rng.integers(0, values.shape[0], size=(n_boot, values.shape[0]))
+    finite = np.isfinite(values)
+    filled = np.where(finite, values, 0.0)
+    means = np.empty(n_boot)
+    for b in range(n_boot):
+        w = finite[seed_idx[b]][:, shape_idx[b]]
+        means[b] = filled[seed_idx[b]][:, shape_idx[b]].sum() / w.sum() if w.any() else np.nan
+    lo, hi = np.nanquantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def test_vectorised_bootstrap_is_bit_identical_to_the_loop():
+    rng = np.random.default_rng(3)
+    for seeds, shapes in ((1, 7), (3, 40), (5, 300), (2, 1)):
+        v = rng.normal(0.1, 0.05, size=(seeds, shapes)) * 10.0 ** rng.integers(-3, 3, size=(seeds, shapes))
+        v[rng.random(v.shape) < 0.2] = np.nan  # empty cells are left out of each mean
+        assert bootstrap_ci(v, seed=seeds) == _bootstrap_one_at_a_time(v, seed=seeds)
+    assert bootstrap_ci(np.full((1, 3), np.nan)) != bootstrap_ci(np.full((1, 3), np.nan))  # NaN, NaN
