@@ -367,6 +367,14 @@ def after(stage: Stage, stages: list[Stage]) -> set[str]:
     return set(names) - {stage.name}
 
 
+# glibc returns every freed block above its mmap threshold (at most 32 MiB) to the kernel,
+# and hands any heap top above its trim threshold back too: a training step frees and
+# re-allocates its activations, which then page-fault in again (1,400 mmap/munmap a step of
+# the tiny model, a seventh of the stage's CPU time as kernel time). Raised thresholds keep
+# them in the process (bench/train_stage.py); a value the user exported wins.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31)}
+
+
 def stage_env(jobs: int, environ=None) -> dict[str, str]:
     """The environment of a stage's process: the cores shared out between the ``jobs`` stages
     that run side by side. Without this every stage's torch/OpenMP starts one thread per core,
@@ -377,6 +385,8 @@ def stage_env(jobs: int, environ=None) -> dict[str, str]:
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
+    for k, v in MALLOC_ENV.items():
+        env.setdefault(k, v)
     return env
 
 

@@ -189,6 +189,9 @@ def test_stage_env_shares_the_cores_between_parallel_stages(monkeypatch):
     assert stage_env(1, environ={})["MKL_NUM_THREADS"] == "4"
     # a thread count the user exported is kept
     assert stage_env(2, environ={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
+    # freed activations stay in the process (bench/train_stage.py), unless the user says otherwise
+    assert int(stage_env(1, environ={})["MALLOC_MMAP_THRESHOLD_"]) >= 2**30
+    assert stage_env(1, environ={"MALLOC_TRIM_THRESHOLD_": "0"})["MALLOC_TRIM_THRESHOLD_"] == "0"
 
 
 def test_generate_makes_only_the_test_views_eval_scores(tmp_path):
