@@ -8,6 +8,7 @@ furniture nearly black.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class Renderer:
         self.size = size
         self._pr = pyrender
         self._r = pyrender.OffscreenRenderer(size, size)
+        self._r._renderer._program_cache = _program_cache()
         self._scene = None
 
     def close(self) -> None:
@@ -89,7 +91,14 @@ class Renderer:
         world-space face normals (rotated into the camera frame per view)."""
         pr = self._pr
         scene = pr.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.0, 0.0, 0.0])
-        self._color_nodes = [scene.add(pr.Mesh.from_trimesh(p, smooth=False)) for p in shape.parts]
+        rank = iter(range(1 << 30))
+
+        def add(**obj):
+            node = _ranked_node(next(rank), **obj)
+            scene.add_node(node)
+            return node
+
+        self._color_nodes = [add(mesh=pr.Mesh.from_trimesh(p, smooth=False)) for p in shape.parts]
         self._normal_node = None
         if normals:
             merged = shape.merged()
@@ -99,10 +108,10 @@ class Renderer:
 
             merged.visual = trimesh.visual.ColorVisuals(
                 merged, face_colors=np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1))
-            self._normal_node = scene.add(pr.Mesh.from_trimesh(merged, smooth=False))
+            self._normal_node = add(mesh=pr.Mesh.from_trimesh(merged, smooth=False))
             self._normal_node.mesh.is_visible = False
-        self._cam_node = scene.add(pr.IntrinsicsCamera(1.0, 1.0, 0.0, 0.0, znear=0.01, zfar=100.0))
-        self._lights = [scene.add(pr.DirectionalLight(color=np.ones(3), intensity=1.0)) for _ in range(3)]
+        self._cam_node = add(camera=pr.IntrinsicsCamera(1.0, 1.0, 0.0, 0.0, znear=0.01, zfar=100.0))
+        self._lights = [add(light=pr.DirectionalLight(color=np.ones(3), intensity=1.0)) for _ in range(3)]
         self._scene = scene
 
     def render(self, camera: Camera, lighting: Lighting = Lighting()) -> Views:
@@ -147,6 +156,65 @@ class Renderer:
             normal = _camera_normals(ncol[..., :3], mask, K, RT)
         return Views(rgba=rgba, depth=np.where(mask, depth, np.float32(0)).astype(np.float32, copy=False),
                      normal=normal)
+
+
+def _program_cache():
+    """pyrender's shader-program cache, keyed on the shaders and their defines only.
+
+    pyrender keys its cache on ``OpenGL.contextdata.getContext()`` as well; with PyOpenGL
+    3.1.10 and OSMesa that returns a new ctypes pointer object on every call (hashed by
+    identity), so every render missed the cache: two programs compiled and JIT-compiled
+    by llvmpipe per view, and never freed. A Renderer owns one context, so the context
+    adds nothing to the key. Same shaders, same defines: the same pixels.
+    """
+    return _pyrender_classes()[0]()
+
+
+def _ranked_node(rank: int, **obj):
+    """A pyrender Node whose hash is ``rank``, so the sets pyrender iterates to draw
+    (``scene.mesh_nodes``, equal-distance ties kept in set order) and to bind lights
+    (``scene.light_nodes``) go in the order the nodes were added.
+
+    With identity hashes that order followed memory addresses: the rig's three lights
+    were summed in the shader in an order that changed from one ``load`` to the next,
+    and about one pixel in 100k per view changed by 1 (measured); parts that overlap
+    would swap which one wins a depth tie. Small distinct int hashes sit in their own
+    slots of a CPython set, which iterates them in hash order."""
+    return _pyrender_classes()[1](rank, **obj)
+
+
+@functools.cache
+def _pyrender_classes():
+    """The two pyrender subclasses above, made once pyrender is imported (lazily: it
+    needs ``PYOPENGL_PLATFORM`` and is heavy for modules that only encode normals)."""
+    from pyrender import Node
+    from pyrender.shader_program import ShaderProgramCache
+
+    class ProgramCache(ShaderProgramCache):
+        def __init__(self):
+            super().__init__()
+            self._by_source = {}
+
+        def get_program(self, vertex_shader, fragment_shader, geometry_shader=None, defines=None):
+            key = (vertex_shader, fragment_shader, geometry_shader, tuple(sorted((defines or {}).items())))
+            if key not in self._by_source:
+                self._by_source[key] = super().get_program(vertex_shader, fragment_shader, geometry_shader,
+                                                           defines)
+            return self._by_source[key]
+
+        def clear(self):
+            super().clear()
+            self._by_source = {}
+
+    class RankedNode(Node):
+        def __init__(self, rank: int, **kwargs):
+            super().__init__(**kwargs)
+            self._rank = rank
+
+        def __hash__(self) -> int:
+            return self._rank
+
+    return ProgramCache, RankedNode
 
 
 def _camera_normals(encoded: np.ndarray, mask: np.ndarray, K: np.ndarray, RT: np.ndarray) -> np.ndarray:
