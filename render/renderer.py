@@ -138,7 +138,7 @@ class Renderer:
         scene.ambient_light = np.full(3, lighting.ambient)
         for n in self._color_nodes:
             n.mesh.is_visible = True
-        color, depth = self._r.render(scene)
+        color, depth = self._draw(0, depth=True)
         # pyrender's depth is already 0 off the object and float32; the colour there is the
         # clear colour (0). Whole-image arithmetic instead of boolean indexing: same bytes,
         # a fraction of the time.
@@ -151,11 +151,62 @@ class Renderer:
             for n in self._color_nodes:
                 n.mesh.is_visible = False
             self._normal_node.mesh.is_visible = True
-            ncol, _ = self._r.render(scene, flags=pr.RenderFlags.FLAT)
+            ncol, _ = self._draw(pr.RenderFlags.FLAT, depth=False)
             self._normal_node.mesh.is_visible = False
             normal = _camera_normals(ncol[..., :3], mask, K, RT)
         return Views(rgba=rgba, depth=np.where(mask, depth, np.float32(0)).astype(np.float32, copy=False),
                      normal=normal)
+
+    def _draw(self, flags: int, depth: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """One pyrender pass: colour (H, W, 3) uint8 and, when ``depth``, linear depth.
+
+        Under OSMesa pyrender's ``OffscreenRenderer.render`` reads back and converts the
+        depth buffer on every pass (boolean-indexed, ~0.6 ms at 224²); the normal pass
+        needs only colour, and the conversion below is the same float32 arithmetic on
+        the whole image (tests: equal to pyrender's). With framebuffers (EGL) pyrender
+        reads both from its own framebuffer: that path is left as it is."""
+        r = self._r
+        if r._platform.supports_framebuffers():
+            return r.render(self._scene, flags=flags)
+        r._platform.make_current()
+        r._renderer.render(self._scene, flags)
+        color = r._renderer.read_color_buf()
+        if not depth:
+            return color, None
+        cam = self._cam_node.camera
+        return color, _linear_depth(self.size, cam.znear, cam.zfar)
+
+
+class PyrenderPathRenderer(Renderer):
+    """The straightforward path: pyrender's own program cache and
+    ``OffscreenRenderer.render`` (colour and depth read back and converted by pyrender
+    on both passes). The reference that tests and bench/render_throughput.py compare
+    ``Renderer`` against; not for production (it compiles two programs per view)."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        from pyrender.shader_program import ShaderProgramCache
+
+        self._r._renderer._program_cache = ShaderProgramCache()
+
+    def _draw(self, flags: int, depth: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._r.render(self._scene, flags=flags)
+
+
+def _linear_depth(size: int, znear: float, zfar: float) -> np.ndarray:
+    """The front buffer's depth as pyrender's ``read_depth_buf`` returns it: linear
+    camera depth, float32, 0 where nothing was drawn (window depth 1)."""
+    from OpenGL import GL
+
+    GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, 0)
+    GL.glReadBuffer(GL.GL_FRONT)
+    buf = GL.glReadPixels(0, 0, size, size, GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT)
+    z = np.frombuffer(buf, dtype=np.float32).reshape(size, size)[::-1]
+    # pyrender's expression and operand order, Python-float constants included, so every
+    # pixel is rounded as there (float32 throughout).
+    ndc = 2.0 * z - 1.0
+    linear = (2.0 * znear * zfar) / (zfar + znear - ndc * (zfar - znear))
+    return np.where(z == 1.0, np.float32(0), linear)
 
 
 def _program_cache():
