@@ -46,9 +46,11 @@ class Lighting:
         )
 
 
+@functools.lru_cache(maxsize=64)
 def _direction_pose(azimuth: float, elevation: float) -> np.ndarray:
     """Pose of a directional light shining from (azimuth, elevation) relative to the
-    camera's viewing direction towards the object (pyrender lights shine along -z)."""
+    camera's viewing direction towards the object (pyrender lights shine along -z).
+    Cached (read-only): the studio rig asks for the same three on every view."""
     az, el = np.radians(azimuth), np.radians(elevation)
     src = np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])  # from object to light
     z = src / np.linalg.norm(src)
@@ -59,6 +61,7 @@ def _direction_pose(azimuth: float, elevation: float) -> np.ndarray:
     y = np.cross(z, x)
     pose = np.eye(4)
     pose[:3, :3] = np.stack([x, y, z], axis=1)
+    pose.flags.writeable = False
     return pose
 
 
@@ -301,6 +304,8 @@ def render_mask(mesh, K, RT, size: int, renderer: Renderer | None = None) -> np.
 
 def encode_normals(normal: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(n + 1) / 2 * 255 as uint8; background stays 0 (mask.png tells it apart)."""
-    out = np.zeros(normal.shape, dtype=np.uint8)
-    out[mask] = np.clip(np.round((normal[mask] + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    # The whole image, then the background zeroed: the same arithmetic per object pixel
+    # as on ``normal[mask]``, half the time of the boolean-index gather and scatter.
+    out = np.clip(np.round((normal + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    np.multiply(out, mask[..., None], out=out)
     return out
