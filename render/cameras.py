@@ -8,6 +8,7 @@ the half-pixel shift between the two principal points.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -33,17 +34,19 @@ class Camera:
     def focal_px(self) -> float:
         return FOCAL_MM * self.size / SENSOR_MM
 
-    @property
+    # K and RT are computed once per camera (a view reads them to fit, render and
+    # record): cached, read-only, so a caller cannot change the camera through them.
+    @functools.cached_property
     def K(self) -> np.ndarray:
         f, c = self.focal_px, self.size / 2 - 0.5
-        return np.array([[f, 0, c], [0, f, c], [0, 0, 1]], dtype=np.float64)
+        return _read_only(np.array([[f, 0, c], [0, f, c], [0, 0, 1]], dtype=np.float64))
 
     @property
     def eye(self) -> np.ndarray:
         az, el = math.radians(self.azimuth), math.radians(self.elevation)
         return self.distance * np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
 
-    @property
+    @functools.cached_property
     def RT(self) -> np.ndarray:
         eye = self.eye
         z = -eye / np.linalg.norm(eye)  # looks at the origin
@@ -51,7 +54,7 @@ class Camera:
         x /= np.linalg.norm(x)
         y = np.cross(z, x)  # points down in the image
         R = np.stack([x, y, z])
-        return np.concatenate([R, (-R @ eye)[:, None]], axis=1)
+        return _read_only(np.concatenate([R, (-R @ eye)[:, None]], axis=1))
 
     def gl_pose(self) -> np.ndarray:
         """Camera-to-world pose in pyrender's (OpenGL) convention: looks down -z, y up."""
@@ -75,6 +78,11 @@ class Camera:
         if distance_ratio is not None:
             out["distance_ratio"] = distance_ratio
         return out
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def project(points: np.ndarray, K: np.ndarray, RT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ furniture nearly black.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -45,9 +46,11 @@ class Lighting:
         )
 
 
+@functools.lru_cache(maxsize=64)
 def _direction_pose(azimuth: float, elevation: float) -> np.ndarray:
     """Pose of a directional light shining from (azimuth, elevation) relative to the
-    camera's viewing direction towards the object (pyrender lights shine along -z)."""
+    camera's viewing direction towards the object (pyrender lights shine along -z).
+    Cached (read-only): the studio rig asks for the same three on every view."""
     az, el = np.radians(azimuth), np.radians(elevation)
     src = np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])  # from object to light
     z = src / np.linalg.norm(src)
@@ -58,6 +61,7 @@ def _direction_pose(azimuth: float, elevation: float) -> np.ndarray:
     y = np.cross(z, x)
     pose = np.eye(4)
     pose[:3, :3] = np.stack([x, y, z], axis=1)
+    pose.flags.writeable = False
     return pose
 
 
@@ -77,6 +81,7 @@ class Renderer:
         self.size = size
         self._pr = pyrender
         self._r = pyrender.OffscreenRenderer(size, size)
+        self._r._renderer._program_cache = _program_cache()
         self._scene = None
 
     def close(self) -> None:
@@ -89,7 +94,14 @@ class Renderer:
         world-space face normals (rotated into the camera frame per view)."""
         pr = self._pr
         scene = pr.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.0, 0.0, 0.0])
-        self._color_nodes = [scene.add(pr.Mesh.from_trimesh(p, smooth=False)) for p in shape.parts]
+        rank = iter(range(1 << 30))
+
+        def add(**obj):
+            node = _ranked_node(next(rank), **obj)
+            scene.add_node(node)
+            return node
+
+        self._color_nodes = [add(mesh=pr.Mesh.from_trimesh(p, smooth=False)) for p in shape.parts]
         self._normal_node = None
         if normals:
             merged = shape.merged()
@@ -99,10 +111,10 @@ class Renderer:
 
             merged.visual = trimesh.visual.ColorVisuals(
                 merged, face_colors=np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1))
-            self._normal_node = scene.add(pr.Mesh.from_trimesh(merged, smooth=False))
+            self._normal_node = add(mesh=pr.Mesh.from_trimesh(merged, smooth=False))
             self._normal_node.mesh.is_visible = False
-        self._cam_node = scene.add(pr.IntrinsicsCamera(1.0, 1.0, 0.0, 0.0, znear=0.01, zfar=100.0))
-        self._lights = [scene.add(pr.DirectionalLight(color=np.ones(3), intensity=1.0)) for _ in range(3)]
+        self._cam_node = add(camera=pr.IntrinsicsCamera(1.0, 1.0, 0.0, 0.0, znear=0.01, zfar=100.0))
+        self._lights = [add(light=pr.DirectionalLight(color=np.ones(3), intensity=1.0)) for _ in range(3)]
         self._scene = scene
 
     def render(self, camera: Camera, lighting: Lighting = Lighting()) -> Views:
@@ -129,7 +141,7 @@ class Renderer:
         scene.ambient_light = np.full(3, lighting.ambient)
         for n in self._color_nodes:
             n.mesh.is_visible = True
-        color, depth = self._r.render(scene)
+        color, depth = self._draw(0, depth=True)
         # pyrender's depth is already 0 off the object and float32; the colour there is the
         # clear colour (0). Whole-image arithmetic instead of boolean indexing: same bytes,
         # a fraction of the time.
@@ -142,11 +154,121 @@ class Renderer:
             for n in self._color_nodes:
                 n.mesh.is_visible = False
             self._normal_node.mesh.is_visible = True
-            ncol, _ = self._r.render(scene, flags=pr.RenderFlags.FLAT)
+            ncol, _ = self._draw(pr.RenderFlags.FLAT, depth=False)
             self._normal_node.mesh.is_visible = False
             normal = _camera_normals(ncol[..., :3], mask, K, RT)
         return Views(rgba=rgba, depth=np.where(mask, depth, np.float32(0)).astype(np.float32, copy=False),
                      normal=normal)
+
+    def _draw(self, flags: int, depth: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """One pyrender pass: colour (H, W, 3) uint8 and, when ``depth``, linear depth.
+
+        Under OSMesa pyrender's ``OffscreenRenderer.render`` reads back and converts the
+        depth buffer on every pass (boolean-indexed, ~0.6 ms at 224²); the normal pass
+        needs only colour, and the conversion below is the same float32 arithmetic on
+        the whole image (tests: equal to pyrender's). With framebuffers (EGL) pyrender
+        reads both from its own framebuffer: that path is left as it is."""
+        r = self._r
+        if r._platform.supports_framebuffers():
+            return r.render(self._scene, flags=flags)
+        r._platform.make_current()
+        r._renderer.render(self._scene, flags)
+        color = r._renderer.read_color_buf()
+        if not depth:
+            return color, None
+        cam = self._cam_node.camera
+        return color, _linear_depth(self.size, cam.znear, cam.zfar)
+
+
+class PyrenderPathRenderer(Renderer):
+    """The straightforward path: pyrender's own program cache and
+    ``OffscreenRenderer.render`` (colour and depth read back and converted by pyrender
+    on both passes). The reference that tests and bench/render_throughput.py compare
+    ``Renderer`` against; not for production (it compiles two programs per view)."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        from pyrender.shader_program import ShaderProgramCache
+
+        self._r._renderer._program_cache = ShaderProgramCache()
+
+    def _draw(self, flags: int, depth: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._r.render(self._scene, flags=flags)
+
+
+def _linear_depth(size: int, znear: float, zfar: float) -> np.ndarray:
+    """The front buffer's depth as pyrender's ``read_depth_buf`` returns it: linear
+    camera depth, float32, 0 where nothing was drawn (window depth 1)."""
+    from OpenGL import GL
+
+    GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, 0)
+    GL.glReadBuffer(GL.GL_FRONT)
+    buf = GL.glReadPixels(0, 0, size, size, GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT)
+    z = np.frombuffer(buf, dtype=np.float32).reshape(size, size)[::-1]
+    # pyrender's expression and operand order, Python-float constants included, so every
+    # pixel is rounded as there (float32 throughout).
+    ndc = 2.0 * z - 1.0
+    linear = (2.0 * znear * zfar) / (zfar + znear - ndc * (zfar - znear))
+    return np.where(z == 1.0, np.float32(0), linear)
+
+
+def _program_cache():
+    """pyrender's shader-program cache, keyed on the shaders and their defines only.
+
+    pyrender keys its cache on ``OpenGL.contextdata.getContext()`` as well; with PyOpenGL
+    3.1.10 and OSMesa that returns a new ctypes pointer object on every call (hashed by
+    identity), so every render missed the cache: two programs compiled and JIT-compiled
+    by llvmpipe per view, and never freed. A Renderer owns one context, so the context
+    adds nothing to the key. Same shaders, same defines: the same pixels.
+    """
+    return _pyrender_classes()[0]()
+
+
+def _ranked_node(rank: int, **obj):
+    """A pyrender Node whose hash is ``rank``, so the sets pyrender iterates to draw
+    (``scene.mesh_nodes``, equal-distance ties kept in set order) and to bind lights
+    (``scene.light_nodes``) go in the order the nodes were added.
+
+    With identity hashes that order followed memory addresses: the rig's three lights
+    were summed in the shader in an order that changed from one ``load`` to the next,
+    and about one pixel in 100k per view changed by 1 (measured); parts that overlap
+    would swap which one wins a depth tie. Small distinct int hashes sit in their own
+    slots of a CPython set, which iterates them in hash order."""
+    return _pyrender_classes()[1](rank, **obj)
+
+
+@functools.cache
+def _pyrender_classes():
+    """The two pyrender subclasses above, made once pyrender is imported (lazily: it
+    needs ``PYOPENGL_PLATFORM`` and is heavy for modules that only encode normals)."""
+    from pyrender import Node
+    from pyrender.shader_program import ShaderProgramCache
+
+    class ProgramCache(ShaderProgramCache):
+        def __init__(self):
+            super().__init__()
+            self._by_source = {}
+
+        def get_program(self, vertex_shader, fragment_shader, geometry_shader=None, defines=None):
+            key = (vertex_shader, fragment_shader, geometry_shader, tuple(sorted((defines or {}).items())))
+            if key not in self._by_source:
+                self._by_source[key] = super().get_program(vertex_shader, fragment_shader, geometry_shader,
+                                                           defines)
+            return self._by_source[key]
+
+        def clear(self):
+            super().clear()
+            self._by_source = {}
+
+    class RankedNode(Node):
+        def __init__(self, rank: int, **kwargs):
+            super().__init__(**kwargs)
+            self._rank = rank
+
+        def __hash__(self) -> int:
+            return self._rank
+
+    return ProgramCache, RankedNode
 
 
 def _camera_normals(encoded: np.ndarray, mask: np.ndarray, K: np.ndarray, RT: np.ndarray) -> np.ndarray:
@@ -182,6 +304,8 @@ def render_mask(mesh, K, RT, size: int, renderer: Renderer | None = None) -> np.
 
 def encode_normals(normal: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(n + 1) / 2 * 255 as uint8; background stays 0 (mask.png tells it apart)."""
-    out = np.zeros(normal.shape, dtype=np.uint8)
-    out[mask] = np.clip(np.round((normal[mask] + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    # The whole image, then the background zeroed: the same arithmetic per object pixel
+    # as on ``normal[mask]``, half the time of the boolean-index gather and scatter.
+    out = np.clip(np.round((normal + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    np.multiply(out, mask[..., None], out=out)
     return out
