@@ -75,6 +75,8 @@ class Stage:
     output: Path
     done_file: Path | None  # what the stage leaves behind (None: the stage always runs)
     resume_argv: list[str] | None = None  # appended when a previous attempt left done_file behind
+    makes: tuple[str, ...] = ()  # generate: the domains it writes
+    reads: tuple[str, ...] = ()  # train: the domains it trains on
 
     def marker(self, runs: Path) -> Path:
         return runs / "logs" / (self.name.replace(" ", "_") + ".done")
@@ -242,21 +244,23 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
     for tv in t_values:
         domains[tag(tv)] = data / "aug" / tag(tv)
         train_domains.append(tag(tv))
+    t_tags = tuple(tag(tv) for tv in t_values)
     if len(t_values) == 1:
-        out = domains[tag(t_values[0])]
-        stages.append(Stage(f"generate {tag(t_values[0])}", generate(out, "all", {"t_in": t_values[0]}), out,
-                            out / "index.json"))
+        out = domains[t_tags[0]]
+        stages.append(Stage(f"generate {t_tags[0]}", generate(out, "all", {"t_in": t_values[0]}), out,
+                            out / "index.json", makes=t_tags))
     elif t_values:
         # One generate sweep (aug/tNNN each): its processes start and load the model once
         # for every T_in, not once per value (about 20 CPU-s a stage on 2 cores: spawned
         # workers re-import torch and diffusers). Done when the last value's set is.
-        last = domains[tag(t_values[-1])]
-        stages.append(Stage("generate " + ",".join(tag(tv) for tv in t_values),
-                            generate(data / "aug", "all", {"t_in": t_values}), last, last / "index.json"))
+        last = domains[t_tags[-1]]
+        stages.append(Stage("generate " + ",".join(t_tags), generate(data / "aug", "all", {"t_in": t_values}), last,
+                            last / "index.json", makes=t_tags))
     if g.get("copy_paste", True):
         out = data / "aug" / "copy-paste"
         cp = {"mode": "copy-paste", "backgrounds": g["backgrounds"], "batch_size": None}
-        stages.append(Stage("generate copy-paste", generate(out, "all", cp), out, out / "index.json"))
+        stages.append(Stage("generate copy-paste", generate(out, "all", cp), out, out / "index.json",
+                            makes=("copy-paste",)))
         domains["copy-paste"] = out
         train_domains.append("copy-paste")
     for dname, d in cfg.get("test_domains", {}).items():
@@ -265,7 +269,7 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
         if settings.get("mode") == "copy-paste":
             settings["batch_size"] = None
         stages.append(Stage(f"generate {dname}", generate(out, e.get("split", "test"), settings, label=dname),
-                            out, out / "index.json"))
+                            out, out / "index.json", makes=(str(dname),)))
         domains[dname] = out
 
     # One model per training set and seed; every train command is the same but for its
@@ -277,13 +281,13 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
         for s in seeds:
             run_name = f"svr-{dom}" if len(seeds) == 1 else f"svr-{dom}-s{s}"
             run_dir = runs / run_name
-            shards = [str(domains[dom])]
-            if dom != "clean" and t.get("mix_clean", False):
-                shards.append(str(renders))
+            reads = (dom, "clean") if dom != "clean" and t.get("mix_clean", False) else (dom,)
+            shards = [str(domains[d]) for d in reads]
             argv = ["train", "--config", train_config, "--seed_everything", str(s), "--runs_dir", str(runs),
                     "--name", run_name, "--data.shards", "[" + ",".join(shards) + "]", *extra]
             last = run_dir / "checkpoints" / "last.ckpt"
-            stages.append(Stage(f"train {run_name}", argv, run_dir, last, resume_argv=["--ckpt_path", str(last)]))
+            stages.append(Stage(f"train {run_name}", argv, run_dir, last, resume_argv=["--ckpt_path", str(last)],
+                                reads=reads))
             models[run_name] = last
 
     # Test-only real photographs (eval.extra_domains, eval/real.py). Photos have no camera: a
@@ -348,10 +352,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def after(stage: Stage, stages: list[Stage]) -> set[str]:
-    """The stages ``stage`` needs finished first: render before everything; every generate
-    stage before training (conservative: any training set may mix domains) and before
-    evaluation (every model is scored on every domain); a model's own training (and the
-    camera estimator) before its evaluation; everything before the report."""
+    """The stages ``stage`` needs finished first: render before everything; a training's
+    own sets' generate stages before it (svr-clean and svr-copy-paste train while the ILVR
+    sweep still runs, so no core idles at the sweep's uneven end); every generate stage
+    before evaluation (every model is scored on every domain); a model's own training (and
+    the camera estimator) before its evaluation; everything before the report."""
     kind = stage.name.split(" ")[0]
     names = [s.name for s in stages]
     gens = {n for n in names if n.startswith("generate ")}
@@ -360,7 +365,7 @@ def after(stage: Stage, stages: list[Stage]) -> set[str]:
     if kind == "generate":
         return {"render"}
     if kind == "train":
-        return {"render"} | (set() if stage.name == "train camera" else gens)
+        return {"render"} | {s.name for s in stages if s.name in gens and set(s.makes) & set(stage.reads)}
     if kind == "eval":
         model = stage.name.split(" ", 1)[1]
         return {"render", f"train {model}"} | gens | ({"train camera"} & set(names))

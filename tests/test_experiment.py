@@ -170,8 +170,10 @@ def test_stage_order_lets_independent_stages_run_side_by_side(tmp_path):
     by = {s.name: s for s in stages}
     assert after(by["render"], stages) == set()
     assert after(by["generate t050"], stages) == {"render"}
-    # trainings wait for every generate stage, not for each other
-    assert not any(n.startswith("train ") for n in after(by["train svr-t050-s1"], stages))
+    # a training waits for the generate stage of its own set, not for other sets or trainings
+    assert after(by["train svr-t050-s1"], stages) == {"render", "generate t050"}
+    assert after(by["train svr-clean-s0"], stages) == {"render"}
+    assert after(by["train svr-copy-paste-s0"], stages) == {"render", "generate copy-paste"}
     # an evaluation needs its own model only (and every test domain)
     ev = after(by["eval svr-t050-s1"], stages)
     assert "train svr-t050-s1" in ev and "train svr-clean-s0" not in ev and "generate copy-paste" in ev
