@@ -130,6 +130,14 @@ def check_config(cfg: GenerateConfig) -> None:
         v = getattr(cfg, name)
         if int(v) != v or v < 1:
             raise UserError(f"--{name.replace('_', '-')} {v}: must be a positive integer")
+    if cfg.mode == "ilvr":  # the pipeline's own check, before any work rather than once per sample
+        from .lowpass import guided_steps
+
+        for name in ("t_in", "t_out"):
+            v = getattr(cfg, name)
+            if v > 0 and guided_steps(v, int(cfg.steps)) == 0:
+                raise UserError(f"--{name.replace('_', '-')} {v} guides 0 of --steps {cfg.steps} (a step counts when "
+                                f"its midpoint is before t*steps); use 0 or more than {0.5 / cfg.steps:.4g}")
     if cfg.mode not in ("ilvr", "copy-paste"):
         raise UserError(f"--mode {cfg.mode}: choose ilvr or copy-paste")
     if cfg.space not in ("x0", "xt"):

@@ -66,9 +66,17 @@ def test_micro_experiment_chains_and_resumes(tmp_path, tiny_pixel_model, capsys)
     # the bundled model when it is there (what users get), else a tiny random one
     model = None if (DEFAULT_MODEL_DIR / "model_index.json").exists() else tiny_pixel_model
     cfg = _config(tmp_path, model)
+    changed = yaml.safe_load(cfg.read_text())
+    changed["generate"]["t_in"] = [0.5, 1.0]  # one generate sweep writing aug/t050 and aug/t100
+    cfg.write_text(yaml.safe_dump(changed))
     assert main(["experiment", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "report" in out and "FAILED" not in out
+    splits = json.loads((tmp_path / "data" / "renders" / "splits.json").read_text())
+    for t in ("t050", "t100", "copy-paste"):
+        # every view of the train and val shapes, only the scored view (0 of 2) of the test shapes
+        n = json.loads((tmp_path / "data" / "aug" / t / "index.json").read_text())["num_samples"]
+        assert n == 2 * (len(splits["train"]) + len(splits["val"])) + len(splits["test"])
     report = tmp_path / "report" / "report.html"
     assert report.exists() and report.stat().st_size > 10_000
     summary = json.loads((tmp_path / "runs" / "eval" / "svr-t050__copy-paste" / "summary.json").read_text())

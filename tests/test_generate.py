@@ -112,6 +112,7 @@ def test_refuses_other_parameters_unless_overwrite(renders, backgrounds, tmp_pat
         (["--mode", "copy-paste"], "needs --backgrounds"),
         (["--mode", "copy-paste", "--backgrounds", "{missing}"], "--backgrounds"),
         (["--prompt", "a {thing}"], "--prompt"),
+        (["--t-in", "0.25", "--steps", "2"], "--t-in 0.25 guides 0 of --steps 2"),
     ],
 )
 def test_bad_input(renders, tmp_path, capsys, argv, message):
