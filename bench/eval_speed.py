@@ -86,10 +86,10 @@ def check(data: Path, ckpt: Path, res: int, views: list[int]) -> None:
             with torch.inference_mode():
                 latent, maps = model.net.encode(image_tensor(image, size)[None])
             t = time.perf_counter()
-            dense = mesh_from_sdf(sdf_grid(model, latent, maps, K[None], RT[None], res, default_chunk("cpu"), False))
+            dense = mesh_from_sdf(sdf_grid(model, latent, maps, K[None], RT[None], res, default_chunk("cpu", model), False))
             td = time.perf_counter() - t
             t = time.perf_counter()
-            c2f = mesh_from_sdf(sdf_grid(model, latent, maps, K[None], RT[None], res, default_chunk("cpu"), True))
+            c2f = mesh_from_sdf(sdf_grid(model, latent, maps, K[None], RT[None], res, default_chunk("cpu", model), True))
             tc = time.perf_counter() - t
             same = dense.faces.shape == c2f.faces.shape and dense.vertices.shape == c2f.vertices.shape
             err = float(np.abs(dense.vertices - c2f.vertices).max()) if same and len(dense.vertices) else 0.0

@@ -105,6 +105,16 @@ class D2IMNet(nn.Module):
         final = coarse + w * disp[..., 0] + (1 - w) * disp[..., 1]
         return {"coarse": coarse, "final": final, "w": w}
 
+    def final_candidates(self, latent: torch.Tensor, maps: torch.Tensor, points: torch.Tensor, K: torch.Tensor,
+                         RT: torch.Tensor) -> torch.Tensor:
+        """(B, N, 2): coarse + front and coarse + back, the two values ``decode``'s ``final``
+        can take (w is 0 or 1, so final is one of them bit for bit: x + 0 * y = x), at
+        half decode's cost (one coarse pass instead of two; no front/back decision).
+        Inference uses them to skip the decision where it cannot matter to the mesh."""
+        coarse = self.coarse(latent, points)
+        disp = sample_maps(maps, project(points, K, RT)).to(coarse.dtype)
+        return coarse[..., None] + disp
+
     def forward(self, image, points, K, RT):
         latent, maps = self.encode(image)
         out = self.decode(latent, maps, points, K, RT)
