@@ -92,12 +92,14 @@ def _interp_axis(a: np.ndarray, pos: np.ndarray, t: np.ndarray, axis: int) -> np
 # decision. A margin, not 0, so that a last-bit difference between the candidate pass and
 # the exact pass (the same points in other batches) cannot flip a sign.
 SIGN_MARGIN = 1e-4
-# Coarse to fine gives up refining, and evaluates every point left, when the cells that
-# may hold surface cover more than this share of the next level: with a flat learned SDF
-# (the smoke experiment's tiny models) the band marks almost everything, and the levels
-# in between only add points (at 48^3 coarse to fine evaluated 95 % of the grid and ran
-# slower than the dense grid).
-REFINE_MAX_SHARE = 0.5
+# Coarse to fine stops refining before its last intermediate level (stride 2), and
+# evaluates every point left, when the cells that may hold surface cover more than this
+# share of the grid: that level then costs about share / 8 of the grid's points, and the
+# finest level can skip at most 1 - share of it. With a flat learned SDF (the smoke
+# experiment's tiny models) the band marks almost everything: at 48^3 all of the cells,
+# where refining evaluated 95 % of the grid plus the coarse levels; at 128^3 78 %, where
+# refining still evaluates half the points that the dense grid does.
+REFINE_MAX_SHARE = 0.85
 
 
 def sdf_on_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, chunk: int, device,
@@ -124,21 +126,25 @@ def sdf_on_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, chu
     (the dense grid's mesh, at no more than the dense grid's cost).
     ``coarse_to_fine=False`` evaluates every point.
 
-    ``candidates`` ((N, 3) -> (N, 2), cheaper than ``fn``): two values of which ``fn``'s is
-    one at each point (D2IMNet.final_candidates). At full resolution they are evaluated
-    first and ``fn`` only where the mesh depends on its value (_settle)."""
+    ``candidates`` ((N, 3) points -> (N, 2 + k), cheaper than ``fn``): two values of which
+    ``fn``'s is one at each point, then k columns that ``fn`` accepts as a second argument
+    to skip work (D2IMNet.final_candidates). At full resolution they are evaluated first,
+    and ``fn`` only where the mesh depends on its value (_settle)."""
     r = resolution
     axis = torch.linspace(-BOUND, BOUND, r, device=device)
 
-    def run(f, idx: np.ndarray) -> np.ndarray:
+    def run(f, idx: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+        """``f`` at grid indices ``idx`` (K, 3), with rows of ``extra`` when given."""
         # Every call gets exactly ``chunk`` points (the last chunk padded with copies of its
         # last point): matrix-product kernels round a batch's last rows differently when the
         # row count is not a multiple of their block, so an unpadded tail would make a
         # point's value depend on the batch it fell in. Padded, it is a function of the point.
-        idx_t = torch.from_numpy(idx).to(device)
-        if len(idx) % chunk:
-            idx_t = torch.cat([idx_t, idx_t[-1:].expand(chunk - len(idx) % chunk, 3)])
-        out = torch.cat([f(axis[idx_t[i:i + chunk]]).float() for i in range(0, len(idx_t), chunk)])
+        pad = -len(idx) % chunk
+        idx_t = torch.from_numpy(np.concatenate([idx, idx[-1:].repeat(pad, 0)])).to(device)
+        args = [axis[idx_t]]
+        if extra is not None:
+            args.append(torch.from_numpy(np.concatenate([extra, extra[-1:].repeat(pad, 0)])).to(device))
+        out = torch.cat([f(*(a[i:i + chunk] for a in args)).float() for i in range(0, len(idx_t), chunk)])
         return out[:len(idx)].cpu().numpy()
 
     def fill(grid: np.ndarray, todo: np.ndarray, coords: np.ndarray) -> None:
@@ -146,7 +152,7 @@ def sdf_on_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, chu
         if not todo.any():
             return
         if candidates is not None and len(coords) == r:
-            _settle(grid, todo, lambda idx: run(fn, idx), lambda idx: run(candidates, idx))
+            _settle(grid, todo, lambda idx, extra: run(fn, idx, extra), lambda idx: run(candidates, idx))
         else:
             grid[todo] = run(fn, coords[np.argwhere(todo)])
 
@@ -166,7 +172,7 @@ def sdf_on_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, chu
         near = np.min(np.abs(np.stack(corners)), axis=0) <= band * stride * step * np.sqrt(3)
         mark = ndimage.binary_dilation(neg.any(0) & ~neg.all(0) | near, np.ones((3, 3, 3), bool))
         at = np.ix_(*[np.flatnonzero(np.isin(fine, nodes))] * 3)
-        if stride > 2 and mark.mean() > REFINE_MAX_SHARE:
+        if stride == 4 and mark.mean() > REFINE_MAX_SHARE:
             # refining cannot pay: evaluate every point not evaluated yet, at full resolution
             fine = np.arange(r)
             at = np.ix_(*[nodes] * 3)
@@ -219,7 +225,7 @@ def _corners_of(cells: np.ndarray) -> np.ndarray:
     return cells
 
 
-def _settle(grid: np.ndarray, todo: np.ndarray, exact: Callable[[np.ndarray], np.ndarray],
+def _settle(grid: np.ndarray, todo: np.ndarray, exact: Callable[[np.ndarray, np.ndarray], np.ndarray],
             pair: Callable[[np.ndarray], np.ndarray]) -> None:
     """Fill the ``todo`` points of a full-resolution ``grid`` so that mesh_from_sdf gives
     the mesh of ``exact``'s values there, calling ``exact`` on as few points as it can.
@@ -236,6 +242,8 @@ def _settle(grid: np.ndarray, todo: np.ndarray, exact: Callable[[np.ndarray], np
     idx = np.argwhere(todo)
     ab = pair(idx)
     a, b = ab[:, 0], ab[:, 1]
+    row = np.zeros(grid.shape, np.int64)
+    row[todo] = np.arange(len(idx))
     lo, hi = np.minimum(a, b), np.maximum(a, b)  # NaN-propagating: a NaN is never settled
     settled = (lo > SIGN_MARGIN) | (hi < -SIGN_MARGIN)
     grid[todo] = a
@@ -255,7 +263,7 @@ def _settle(grid: np.ndarray, todo: np.ndarray, exact: Callable[[np.ndarray], np
         larger[todo] = hi
         need |= guess & (larger > np.nanmax(low) - SIGN_MARGIN)
     if need.any():
-        grid[need] = exact(np.argwhere(need))
+        grid[need] = exact(np.argwhere(need), ab[row[need], 2:])
 
 
 def sdf_grid(model, latent: torch.Tensor, maps: torch.Tensor, K: torch.Tensor, RT: torch.Tensor,
@@ -263,8 +271,9 @@ def sdf_grid(model, latent: torch.Tensor, maps: torch.Tensor, K: torch.Tensor, R
     """Final SDF (target units) on a resolution^3 grid, indexed [x, y, z], for its mesh
     (sdf_on_grid: exact where the mesh reads it). Most points cost one coarse-decoder
     pass (D2IMNet.final_candidates) instead of decode's two."""
-    def fn(points: torch.Tensor) -> torch.Tensor:
-        return model.net.decode(latent, maps, points[None], K, RT)["final"][0]
+    def fn(points: torch.Tensor, coarse: torch.Tensor | None = None) -> torch.Tensor:
+        coarse = None if coarse is None else coarse[None, :, 0]
+        return model.net.decode(latent, maps, points[None], K, RT, coarse)["final"][0]
 
     def candidates(points: torch.Tensor) -> torch.Tensor:
         return model.net.final_candidates(latent, maps, points[None], K, RT)[0]
