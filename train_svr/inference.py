@@ -89,17 +89,11 @@ def _interp_axis(a: np.ndarray, pos: np.ndarray, t: np.ndarray, axis: int) -> np
 
 # Where the decoder's two candidate values (final_candidates) both lie further than this
 # from zero (target units), the sign of the final SDF is settled without the front/back
-# decision. A margin, not 0, so that a last-bit difference between the candidate pass and
-# the exact pass (the same points in other batches) cannot flip a sign.
+# decision. A margin, not 0: the exact pass reuses the candidate pass's coarse SDF, so the
+# final value is one of the candidates bit for bit, but the margin would still keep every
+# sign right if a kernel rounded a point differently in the two passes (it costs nothing
+# measurable: few values lie that close to 0).
 SIGN_MARGIN = 1e-4
-# Coarse to fine stops refining before its last intermediate level (stride 2), and
-# evaluates every point left, when the cells that may hold surface cover more than this
-# share of the grid: that level then costs about share / 8 of the grid's points, and the
-# finest level can skip at most 1 - share of it. With a flat learned SDF (the smoke
-# experiment's tiny models) the band marks almost everything: at 48^3 all of the cells,
-# where refining evaluated 95 % of the grid plus the coarse levels; at 128^3 78 %, where
-# refining still evaluates half the points that the dense grid does.
-REFINE_MAX_SHARE = 0.85
 
 
 def sdf_on_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, chunk: int, device,
@@ -121,10 +115,8 @@ def sdf_on_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, chu
     small blobs where it dips just below zero are what sign changes alone miss. On the
     smoke experiment's tiny model (SDF scale 10) band 1 lost such blobs at 128^3 and
     band 2 reproduced the dense mesh exactly on every view tried (bench/eval_speed.py
-    --check); the default 2.5 is 0.25 x the SDF scale. When the marked cells cover more
-    than REFINE_MAX_SHARE of a level, refining stops and every point not yet evaluated is
-    (the dense grid's mesh, at no more than the dense grid's cost).
-    ``coarse_to_fine=False`` evaluates every point.
+    --check); the default 2.5 is 0.25 x the SDF scale. ``coarse_to_fine=False`` evaluates
+    every point.
 
     ``candidates`` ((N, 3) points -> (N, 2 + k), cheaper than ``fn``): two values of which
     ``fn``'s is one at each point, then k columns that ``fn`` accepts as a second argument
@@ -171,17 +163,6 @@ def sdf_on_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, chu
         neg = np.stack([c < 0 for c in corners])
         near = np.min(np.abs(np.stack(corners)), axis=0) <= band * stride * step * np.sqrt(3)
         mark = ndimage.binary_dilation(neg.any(0) & ~neg.all(0) | near, np.ones((3, 3, 3), bool))
-        at = np.ix_(*[np.flatnonzero(np.isin(fine, nodes))] * 3)
-        if stride == 4 and mark.mean() > REFINE_MAX_SHARE:
-            # refining cannot pay: evaluate every point not evaluated yet, at full resolution
-            fine = np.arange(r)
-            at = np.ix_(*[nodes] * 3)
-            up = np.empty((r, r, r), np.float32)
-            up[at] = vals
-            was_known = np.zeros((r, r, r), bool)
-            was_known[at] = known
-            fill(up, ~was_known, fine)
-            return up
         left, right, t = _cells_of(nodes, fine)
         # a fine point is needed when a marked cell holds it (on a coarse node: either side);
         # one axis at a time, which is far cheaper than 8 three-axis gathers
@@ -192,6 +173,7 @@ def sdf_on_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, chu
         up = vals
         for ax in range(3):
             up = _interp_axis(up, right, t, ax)
+        at = np.ix_(*[np.flatnonzero(np.isin(fine, nodes))] * 3)
         up[at] = vals
         was_known = np.zeros((m, m, m), bool)
         was_known[at] = known
