@@ -202,8 +202,8 @@ def _for_metrics(data: dict) -> dict:
     their KD-tree: built once per shape instead of once per view. The occupancy points (with
     their labels) in Z-order too: the winding-number query walks its tree for each point on
     its own, so the order changes no label, and points in Z-order reuse the nodes just
-    visited (the inside test of 3D IoU took 25 % less CPU on the smoke experiment's
-    reconstructions); IoU counts points, so it does not depend on their order."""
+    visited (the inside test of 3D IoU: 1.15-1.2x on marching-cubes meshes,
+    bench/inside_speed.py); IoU counts points, so it does not depend on their order."""
     order = spatial_order(data["surface_points"])
     data["surface_points"], data["surface_normals"] = data["surface_points"][order], data["surface_normals"][order]
     data["tree"] = surface_tree(data["surface_points"])
