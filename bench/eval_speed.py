@@ -5,7 +5,8 @@ in fresh processes, alternating baseline and new per repeat so that load on a sh
 machine falls on both alike. Per configuration (grid resolution : surface points) it
 prints the mean per-view seconds from per_view.csv (reconstruction + metrics + silhouette),
 the process's wall and CPU seconds, and the start-up overhead (process wall minus the
-per-view seconds: imports, model load, sample decoding and saving), and the ratio.
+per-view seconds: imports, model load, sample decoding and saving), the ratio, and
+whether every per-view score (each per_view.csv column but seconds) is identical.
 
     .venv/bin/python bench/eval_speed.py --data data/experiments/smoke/renders \\
         --ckpt runs/smoke/svr-clean/checkpoints/last.ckpt --configs 48:20000,32:10000,128:100000
@@ -57,7 +58,8 @@ def run_eval(tree: Path, data: Path, ckpt: Path, res: int, points: int, views: s
     per_view = [float(r["seconds"]) for r in rows]
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"views": len(rows), "per_view": sum(per_view) / len(per_view), "wall": wall, "cpu": cpu,
-            "overhead": wall - sum(per_view), "cd": sum(float(r["chamfer_l1"]) for r in rows) / len(rows)}
+            "overhead": wall - sum(per_view), "cd": sum(float(r["chamfer_l1"]) for r in rows) / len(rows),
+            "scores": [{k: v for k, v in r.items() if k != "seconds"} for r in rows]}
 
 
 def check(data: Path, ckpt: Path, res: int, views: list[int]) -> None:
@@ -86,10 +88,10 @@ def check(data: Path, ckpt: Path, res: int, views: list[int]) -> None:
             with torch.inference_mode():
                 latent, maps = model.net.encode(image_tensor(image, size)[None])
             t = time.perf_counter()
-            dense = mesh_from_sdf(sdf_grid(model, latent, maps, K[None], RT[None], res, default_chunk("cpu"), False))
+            dense = mesh_from_sdf(sdf_grid(model, latent, maps, K[None], RT[None], res, default_chunk("cpu", model), False))
             td = time.perf_counter() - t
             t = time.perf_counter()
-            c2f = mesh_from_sdf(sdf_grid(model, latent, maps, K[None], RT[None], res, default_chunk("cpu"), True))
+            c2f = mesh_from_sdf(sdf_grid(model, latent, maps, K[None], RT[None], res, default_chunk("cpu", model), True))
             tc = time.perf_counter() - t
             same = dense.faces.shape == c2f.faces.shape and dense.vertices.shape == c2f.vertices.shape
             err = float(np.abs(dense.vertices - c2f.vertices).max()) if same and len(dense.vertices) else 0.0
@@ -144,6 +146,10 @@ def main() -> int:
                 bw = min(r["wall"] for r in got["baseline"])
                 nw = min(r["wall"] for r in got["new"])
                 print(f"{'':<12} speed-up per view {b / n:.2f}x, per process {bw / nw:.2f}x")
+                # a speed-up must not move a score: every per_view.csv column but seconds, as written
+                differ = sum(x != y for x, y in zip(got["baseline"][0]["scores"], got["new"][0]["scores"]))
+                print(f"{'':<12} per-view scores: " + ("identical in all views" if not differ else
+                                                      f"DIFFER in {differ} of {len(got['new'][0]['scores'])} views"))
     return 0
 
 

@@ -84,7 +84,7 @@ def eval_stage(data: Path, ckpt: Path, resolution: int, points: int, views: list
     sel = select(data, split, views)
     gt = metric_ground_truth(sel.shapes_root)
     size = int(model.hparams.image_size)
-    chunk = default_chunk("cpu")
+    chunk = default_chunk("cpu", model)
     sil = Silhouettes()
     with timed("eval once", "offscreen renderer creation"):
         sil.renderer(size)

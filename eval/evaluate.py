@@ -199,10 +199,16 @@ METRIC_DATASETS = ("surface_points", "surface_normals", "occ_points", "occ_label
 
 def _for_metrics(data: dict) -> dict:
     """The surface points (with their normals) in Z-order, for faster KD-tree queries, and
-    their KD-tree: built once per shape instead of once per view."""
+    their KD-tree: built once per shape instead of once per view. The occupancy points (with
+    their labels) in Z-order too: the winding-number query walks its tree for each point on
+    its own, so the order changes no label, and points in Z-order reuse the nodes just
+    visited (the inside test of 3D IoU: 1.15-1.2x on marching-cubes meshes,
+    bench/inside_speed.py); IoU counts points, so it does not depend on their order."""
     order = spatial_order(data["surface_points"])
     data["surface_points"], data["surface_normals"] = data["surface_points"][order], data["surface_normals"][order]
     data["tree"] = surface_tree(data["surface_points"])
+    order = spatial_order(data["occ_points"])
+    data["occ_points"], data["occ_labels"] = data["occ_points"][order], data["occ_labels"][order]
     return data
 
 

@@ -53,6 +53,11 @@ THRESHOLDS = (0.01, 0.02)
 # queries by a quarter against scipy's 16 on reconstructions of the smoke experiment's test
 # views (12 views, 20k x 100k points; 32: -10 %, 128: -20 %), where predictions lie far from
 # the ground truth and each query visits many leaves. Distances are exact either way.
+# An upper bound on each query's distance does not help (bench/kdtree_bound.py: 0.8x with
+# a subsample tree's distance as the bound, at best 0.9-1.0x with the true distance):
+# scipy's search pops nodes nearest first and stops at the first one beyond the best
+# distance found, so a bound only saves heap pushes; a far-off query's cost is the leaves
+# its nearest-neighbour ball reaches, which any exact search must scan.
 TREE_LEAFSIZE = 64
 EMPTY_DISTANCE = float(np.sqrt(3.0))  # the unit cube's diagonal
 # The scores of an empty prediction (module docstring); im2mesh's EMPTY_PCL_DICT plus Chamfer.

@@ -220,3 +220,26 @@ def test_point_metrics_match_im2mesh_definitions():
     for a, b in [("accuracy", "accuracy"), ("completeness", "completeness"), ("chamfer_l1", "chamfer-L1"),
                  ("chamfer_l2", "chamfer-L2"), ("normal_consistency", "normals")]:
         assert ours[a] == pytest.approx(ref[b], abs=1e-12), a
+
+
+def test_ground_truth_in_z_order_keeps_every_score():
+    """eval stores each shape's points in Z-order (faster queries): the pairs (point,
+    normal) and (occupancy point, label) stay together. IoU counts points, so it is the
+    same exactly; means over reordered points may differ in the last bit only."""
+    from eval.evaluate import _for_metrics
+
+    rng = np.random.default_rng(0)
+    gt_mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    pts, idx = trimesh.sample.sample_surface(gt_mesh, 3000, seed=1)
+    occ = rng.uniform(-0.55, 0.55, (4000, 3))
+    data = {"surface_points": pts, "surface_normals": gt_mesh.face_normals[idx], "occ_points": occ,
+            "occ_labels": (np.linalg.norm(occ, axis=1) < 0.3).astype(np.uint8)}
+    stored = _for_metrics({k: v.copy() for k, v in data.items()})
+    assert not np.array_equal(stored["occ_points"], data["occ_points"])
+    pred = trimesh.creation.box(extents=(0.5, 0.4, 0.6))
+    before = mesh_metrics(pred, data["surface_points"], data["surface_normals"], data["occ_points"],
+                          data["occ_labels"], n_points=2000)
+    after = mesh_metrics(pred, stored["surface_points"], stored["surface_normals"], stored["occ_points"],
+                         stored["occ_labels"], n_points=2000, gt_tree=stored["tree"])
+    assert before["iou_3d"] == after["iou_3d"] and 0 < after["iou_3d"] < 1
+    assert after == pytest.approx(before, rel=1e-12)

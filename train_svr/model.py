@@ -88,15 +88,17 @@ class D2IMNet(nn.Module):
         return latent, self.detail(feats)
 
     def decode(self, latent: torch.Tensor, maps: torch.Tensor, points: torch.Tensor, K: torch.Tensor,
-               RT: torch.Tensor) -> dict[str, torch.Tensor]:
+               RT: torch.Tensor, coarse: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """SDFs of (B, N, 3) points: ``coarse``, ``final``, the front weight ``w``.
 
         w = 1 where the coarse SDF grows towards the camera (its gradient faces the
         camera: the point lies on the surface's visible side), as D2IM-Net. The
         directional derivative is a finite difference, not autograd, so it also works
-        under inference mode; w is not differentiated.
+        under inference mode; w is not differentiated. ``coarse``: the coarse SDF of these
+        points if already computed (final_candidates' third column), which skips that pass.
         """
-        coarse = self.coarse(latent, points)
+        if coarse is None:
+            coarse = self.coarse(latent, points)
         to_cam = F.normalize(camera_centre(RT)[:, None] - points, dim=-1)
         with torch.no_grad():
             ahead = self.coarse(latent.detach(), points + FD_STEP * to_cam)
@@ -104,6 +106,16 @@ class D2IMNet(nn.Module):
         disp = sample_maps(maps, project(points, K, RT)).to(coarse.dtype)
         final = coarse + w * disp[..., 0] + (1 - w) * disp[..., 1]
         return {"coarse": coarse, "final": final, "w": w}
+
+    def final_candidates(self, latent: torch.Tensor, maps: torch.Tensor, points: torch.Tensor, K: torch.Tensor,
+                         RT: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3): coarse + front, coarse + back and coarse. ``decode``'s ``final`` is the
+        first or the second bit for bit (w is 0 or 1 and x + 0 * y = x); which one takes a
+        second coarse pass (decode's ``ahead``), so these cost half of decode. Inference
+        skips that choice where the mesh does not depend on it (sdf_on_grid)."""
+        coarse = self.coarse(latent, points)
+        disp = sample_maps(maps, project(points, K, RT)).to(coarse.dtype)
+        return torch.cat([coarse[..., None] + disp, coarse[..., None]], -1)
 
     def forward(self, image, points, K, RT):
         latent, maps = self.encode(image)

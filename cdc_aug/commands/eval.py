@@ -23,7 +23,7 @@ class EvalSettings:
     split: str = setting("test", "split of splits.json to evaluate")
     views: list[int] | None = setting(None, "comma-separated view indices (default: every view)", type=index_list)
     resolution: int = setting(128, "marching-cubes grid")
-    chunk: int | None = setting(None, "SDF points per forward pass (default: 8192 on CPU, 65536 on GPU)")
+    chunk: int | None = setting(None, "SDF points per forward pass (default: about 1 MiB of activations on CPU, 1024 at the smoke width; 65536 on GPU)")
     dense: bool = setting(False, "evaluate every grid point instead of refining coarse to fine (same mesh, slower)")
     points: int = setting(100_000, "points sampled on each mesh")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N")
