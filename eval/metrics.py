@@ -40,25 +40,24 @@ the shape cannot rank models.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import trimesh
-from scipy.spatial import cKDTree
+from pykdtree.kdtree import KDTree
 
 from cdc_aug.occupancy import inside
 
 THRESHOLDS = (0.01, 0.02)
-# Leaf size of every KD-tree the metrics query: 64 points a leaf cut the CPU time of eval's
-# queries by a quarter against scipy's 16 on reconstructions of the smoke experiment's test
-# views (12 views, 20k x 100k points; 32: -10 %, 128: -20 %), where predictions lie far from
-# the ground truth and each query visits many leaves. Distances are exact either way.
-# An upper bound on each query's distance does not help (bench/kdtree_bound.py: 0.8x with
-# a subsample tree's distance as the bound, at best 0.9-1.0x with the true distance):
-# scipy's search pops nodes nearest first and stops at the first one beyond the best
-# distance found, so a bound only saves heap pushes; a far-off query's cost is the leaves
+# The metrics' nearest-neighbour search is pykdtree's (exact, float64): on reconstructions of
+# the smoke experiment's test views (20k predicted x 100k ground-truth points, predictions
+# far from the ground truth) both directions' trees and queries took 0.20 CPU-s a view
+# against 0.76 for scipy's cKDTree at its best leaf size (64), with the same distances and
+# indices bit for bit (bench/kdtree_library.py, one thread). It threads with OpenMP, so it follows OMP_NUM_THREADS, which
+# `cdc-aug experiment --jobs` shares out between stages side by side. 16 points a leaf: 8-32
+# cost the same, 64 +30 %, 128 +75 %.
+# An upper bound on each query's distance did not help scipy's search (bench/kdtree_bound.py:
+# 0.8x with a subsample tree's distance as the bound): a far-off query's cost is the leaves
 # its nearest-neighbour ball reaches, which any exact search must scan.
-TREE_LEAFSIZE = 64
+TREE_LEAFSIZE = 16
 EMPTY_DISTANCE = float(np.sqrt(3.0))  # the unit cube's diagonal
 # The scores of an empty prediction (module docstring); im2mesh's EMPTY_PCL_DICT plus Chamfer.
 # precision@t, recall@t and fscore@t are 0 at every threshold (empty_scores adds them).
@@ -107,25 +106,22 @@ def spatial_order(points: np.ndarray, bits: int = 10) -> np.ndarray:
     return np.argsort(code, kind="stable")
 
 
-def surface_tree(points) -> cKDTree:
+def surface_tree(points) -> KDTree:
     """The KD-tree the metrics query (eval builds the ground truth's once per shape)."""
-    return cKDTree(np.asarray(points, dtype=np.float64), leafsize=TREE_LEAFSIZE)
+    return KDTree(np.ascontiguousarray(points, dtype=np.float64), leafsize=TREE_LEAFSIZE)
 
 
-def query_workers() -> int:
-    """KD-tree query threads: the process's thread budget (OMP_NUM_THREADS, which
-    ``cdc-aug experiment --jobs`` shares out between stages side by side), else every core."""
-    try:
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    except (KeyError, ValueError):
-        return -1
+def nearest(tree: KDTree, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance to and index of each point's nearest neighbour in ``tree``."""
+    d, i = tree.query(np.ascontiguousarray(points, dtype=np.float64), k=1)
+    return d, i.astype(np.int64)
 
 
 def point_metrics(pred_points, pred_normals, gt_points, gt_normals, thresholds=THRESHOLDS,
-                  gt_tree: cKDTree | None = None) -> dict:
+                  gt_tree: KDTree | None = None) -> dict:
     """Accuracy, completeness, Chamfer-L1/L2, precision/recall/F-score at each threshold and
     normal consistency between two point sets (normals may be None: consistency is NaN).
-    ``gt_tree``: a cKDTree of ``gt_points`` already built (eval builds one per shape).
+    ``gt_tree``: a surface_tree of ``gt_points`` already built (eval builds one per shape).
 
     Keys: ``accuracy, completeness, chamfer_l1, chamfer_l2, precision@<t>, recall@<t>,
     fscore@<t>, normal_consistency, empty`` with ``<t>`` formatted like ``0.01``.
@@ -143,9 +139,8 @@ def point_metrics(pred_points, pred_normals, gt_points, gt_normals, thresholds=T
         pred_normals = np.asarray(pred_normals)[order]
     # The queries are the whole cost and split cleanly across the process's threads. The ground
     # truth is queried in the order it comes in: eval stores it in spatial_order once per shape.
-    workers = query_workers()
-    d_acc, i_acc = (gt_tree if gt_tree is not None else surface_tree(gt)).query(pred, k=1, workers=workers)
-    d_comp, i_comp = surface_tree(pred).query(gt, k=1, workers=workers)
+    d_acc, i_acc = nearest(gt_tree if gt_tree is not None else surface_tree(gt), pred)
+    d_comp, i_comp = nearest(surface_tree(pred), gt)
     acc, comp = float(d_acc.mean()), float(d_comp.mean())
     out = {"accuracy": acc, "completeness": comp, "chamfer_l1": 0.5 * (acc + comp),
            "chamfer_l2": 0.5 * (float(np.mean(d_acc ** 2)) + float(np.mean(d_comp ** 2))), "empty": False}
@@ -188,7 +183,7 @@ def sample_mesh(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarra
 
 def mesh_metrics(mesh: trimesh.Trimesh, gt_points, gt_normals, occ_points=None, occ_labels=None,
                  n_points: int = 100_000, seed: int = 0, thresholds=THRESHOLDS,
-                 gt_tree: cKDTree | None = None) -> dict:
+                 gt_tree: KDTree | None = None) -> dict:
     """``point_metrics`` of ``n_points`` sampled on ``mesh`` against the ground truth, plus
     ``iou_3d`` when ``occ_points``/``occ_labels`` are given (NaN otherwise). ``gt_tree``:
     see point_metrics."""

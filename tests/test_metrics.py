@@ -243,3 +243,20 @@ def test_ground_truth_in_z_order_keeps_every_score():
                          stored["occ_labels"], n_points=2000, gt_tree=stored["tree"])
     assert before["iou_3d"] == after["iou_3d"] and 0 < after["iou_3d"] < 1
     assert after == pytest.approx(before, rel=1e-12)
+
+
+def test_nearest_neighbours_match_scipy_exactly():
+    """The metrics' search (pykdtree) against scipy's cKDTree: near, far-off and float32
+    inputs, the same distances bit for bit and the same indices (no ties in random data)."""
+    from scipy.spatial import cKDTree
+
+    from eval.metrics import nearest, surface_tree
+
+    rng = np.random.default_rng(0)
+    target = rng.uniform(-0.5, 0.5, (5000, 3))
+    for queries in (rng.uniform(-0.5, 0.5, (3000, 3)),  # among the points
+                    rng.normal(0, 0.01, (3000, 3)) + [0.9, -0.9, 0.4],  # a far-off blob
+                    rng.uniform(-0.5, 0.5, (3000, 3)).astype(np.float32)):  # as stored in h5
+        d, i = nearest(surface_tree(target.astype(queries.dtype)), queries)
+        d_ref, i_ref = cKDTree(target.astype(queries.dtype)).query(queries, k=1)
+        assert d.dtype == np.float64 and np.array_equal(d, d_ref) and np.array_equal(i, i_ref)
