@@ -60,7 +60,6 @@ def main() -> int:
     from cdc_aug.shards import iter_tar_samples
     from eval.evaluate import metric_ground_truth, select
     from eval.metrics import sample_mesh, spatial_order
-
     from train_svr.data import input_image
     from train_svr.inference import load_model, reconstruct
 
