@@ -515,7 +515,7 @@ def test_second_training_into_a_locked_run_directory_fails_at_once(tmp_path, cap
 
 def test_n_in_that_does_not_divide_the_grid_is_refused_before_any_sample(tmp_path, renders, capsys):
     # the bundled model samples natively at 64x64: 3 does not divide it
-    rc = cli_main(["generate", "--in", str(renders), "--out", str(tmp_path / "o"), "--n-in", "3", "--steps", "1",
+    rc = cli_main(["generate", "--in", str(renders), "--out", str(tmp_path / "o"), "--n-in", "3", "--steps", "2",
                    "--no-progress", "--split", "all"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--n-in 3: does not divide the 64x64 grid" in err[0]
