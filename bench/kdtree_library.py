@@ -25,17 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def reconstructions(data: str, ckpt: str, n: int, resolution: int, points: int):
+    """(Z-ordered predicted surface points, ground-truth surface points) of ``n`` test views,
+    reconstructed as eval does (train_svr.inference.reconstruct)."""
     from cdc_aug.samples import decode_sample
     from cdc_aug.shards import iter_tar_samples
     from eval.evaluate import metric_ground_truth, select
     from eval.metrics import sample_mesh, spatial_order
-    from train_svr.data import camera_tensors, image_tensor, input_image
-    from train_svr.inference import default_chunk, load_model, mesh_from_sdf, sdf_grid
+    from train_svr.data import input_image
+    from train_svr.inference import load_model, reconstruct
 
     model = load_model(ckpt)
     sel = select(data, "test", [0, 9, 18, 27])
     gt = metric_ground_truth(sel.shapes_root)
-    size = int(model.hparams.image_size)
     out = []
     for path, keys in sel.items.items():
         for raw in iter_tar_samples(path):
@@ -43,16 +44,12 @@ def reconstructions(data: str, ckpt: str, n: int, resolution: int, points: int):
                 continue
             s = decode_sample(raw, ["image.png", "rgba.png", "camera.json"])
             synset, model_id = raw["__key__"].rsplit("_", 1)[0].split("_", 1)
-            g = gt.get(synset, model_id)
-            image = input_image(s)
-            K, RT = camera_tensors(s["camera.json"], image.shape[:2], size)
-            with torch.inference_mode():
-                latent, maps = model.net.encode(image_tensor(image, size)[None])
-            mesh = mesh_from_sdf(sdf_grid(model, latent, maps, K[None], RT[None], resolution, default_chunk("cpu")))
+            mesh = reconstruct(model, input_image(s), s["camera.json"], resolution)
             if len(mesh.faces) == 0:
                 continue
             pts, _ = sample_mesh(mesh, points, 0)
-            out.append((pts[spatial_order(pts)], np.asarray(g["surface_points"], dtype=np.float64)))
+            out.append((pts[spatial_order(pts)],
+                        np.asarray(gt.get(synset, model_id)["surface_points"], dtype=np.float64)))
     return out
 
 

@@ -563,23 +563,18 @@ def _run(cfg: GenerateConfig, info: DistInfo) -> dict[str, Any] | None:
         write_config(out, config)
     barrier(info)  # nobody writes before rank 0 has checked and cleaned
 
-    if cfg.split == "all":
-        def keep(key):
-            return True
-    else:
-        wanted = set(read_splits(src)[cfg.split])
+    # Which input samples this run augments: its split's shapes, their --views, and of the
+    # test shapes their --test-views.
+    splits = read_splits(src) if cfg.split != "all" or cfg.test_views is not None else {}
+    wanted = None if cfg.split == "all" else set(splits[cfg.split])
+    every = None if cfg.views is None else set(cfg.views)
+    test = every if cfg.test_views is None else set(cfg.test_views)
+    test_shapes = set(splits.get("test", [])) if cfg.test_views is not None else set()
 
-        def keep(key):
-            return split_of_key(key) in wanted
-    if cfg.views is not None or cfg.test_views is not None:
-        every = None if cfg.views is None else set(cfg.views)
-        test = every if cfg.test_views is None else set(cfg.test_views)
-        test_shapes = set(read_splits(src).get("test", [])) if cfg.test_views is not None else set()
-        in_split = keep
-
-        def keep(key):
-            views = test if split_of_key(key) in test_shapes else every
-            return in_split(key) and (views is None or view_of_key(key) in views)
+    def keep(key):
+        shape = split_of_key(key)
+        views = test if shape in test_shapes else every
+        return (wanted is None or shape in wanted) and (views is None or view_of_key(key) in views)
 
     plan = InputPlan.read(in_shards, keep)
     per = output_shard_size(cfg.samples_per_shard, plan.total)
